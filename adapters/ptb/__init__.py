@@ -1,0 +1,25 @@
+"""Telegram through python-telegram-bot 22."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bot.config import Settings
+from bot.messenger import Messenger
+
+from .messenger import PTBMessenger
+
+
+def create(settings: Settings, *, on_close: Callable[[], None]) -> Messenger:
+    # Start-up problems (a wrong token, an unreachable API server) surface from start();
+    # once polling runs the libraries retry network errors themselves.
+    token = settings.telegram.token
+    assert token is not None, "load_settings() requires a token for this adapter"
+    return PTBMessenger(
+        token.get_secret_value(),
+        settings.telegram.api_url,
+        poll_timeout=settings.telegram.poll_timeout,
+    )
+
+
+__all__ = ["PTBMessenger", "create"]

@@ -1,0 +1,102 @@
+"""The one place that builds and wires everything. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.clock import Clock, SystemClock
+from bot.config import Settings
+from bot.content import admin_branch_id, load_pack, sync_pack
+from bot.context import OrgInfo, Services
+from bot.db.engine import create_engine, create_sessionmaker
+from bot.db.models import Role
+from bot.features import join, profile, roster
+from bot.i18n import LANGUAGES, Translator
+from bot.messenger import Messenger
+from bot.routing import Dispatcher, Router
+
+log = logging.getLogger(__name__)
+
+# Adapters are found by name so that the core never imports a messenger library.
+ADAPTER_MODULES = {
+    "ptb": "adapters.ptb",
+    "aiogram": "adapters.aiogram",
+    "console": "adapters.console",
+}
+
+
+def build_router() -> Router:
+    root = Router()
+    for feature in (profile.router, join.router, roster.router):
+        root.include(feature)
+    return root
+
+
+def create_messenger(settings: Settings, *, on_close: Callable[[], None]) -> Messenger:
+    """Build the configured adapter; ``on_close`` is called if it stops by itself."""
+    module = importlib.import_module(ADAPTER_MODULES[settings.resolved_adapter()])
+    messenger: Messenger = module.create(settings, on_close=on_close)
+    return messenger
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        messenger: Messenger,
+        *,
+        clock: Clock | None = None,
+        engine: AsyncEngine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.messenger = messenger
+        self.clock: Clock = clock or SystemClock()
+        self._own_engine = engine is None
+        self.engine = engine or create_engine(settings.database.url, echo=settings.database.echo)
+        self.sessionmaker = create_sessionmaker(self.engine)
+        self.router = build_router()
+        self.dispatcher: Dispatcher | None = None
+
+    async def prepare(self) -> Dispatcher:
+        """Load the content pack into the database and build the dispatcher."""
+        pack = load_pack(self.settings.content_path)
+        async with self.sessionmaker.begin() as session:
+            org = await sync_pack(session, pack, self.clock.now())
+            home = await admin_branch_id(session, pack, org)
+            info = OrgInfo(org.id, org.code, org.name, org.timezone, home)
+        services = Services(
+            settings=self.settings,
+            platform=self.messenger.platform,
+            capabilities=self.messenger.capabilities,
+            org=info,
+            router=self.router,
+            invite_link=self.messenger.invite_link,
+            clock=self.clock,
+        )
+        self.dispatcher = Dispatcher(self.router, services, self.sessionmaker, self.messenger)
+        return self.dispatcher
+
+    async def start(self) -> None:
+        dispatcher = self.dispatcher or await self.prepare()
+        await self.messenger.start(dispatcher.handle)
+        await self._default_menus(dispatcher)
+        log.info("Zhibu is running on %s", self.messenger.platform)
+
+    async def _default_menus(self, dispatcher: Dispatcher) -> None:
+        if not self.messenger.capabilities.command_menu:
+            return
+        default = self.settings.default_language
+        tz = dispatcher.services.org.timezone
+        for lang in LANGUAGES:
+            menu = self.router.menu(Role.MEMBER, Translator(lang, tz))
+            language = None if lang == default else lang.split("_")[0]
+            await self.messenger.set_commands(menu, language=language)
+
+    async def stop(self) -> None:
+        await self.messenger.stop()
+        if self._own_engine:
+            await self.engine.dispose()

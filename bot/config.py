@@ -1,0 +1,113 @@
+"""Configuration from the environment (prefix ``ZHIBU_``), a ``.env`` file, and defaults.
+
+Nested sections use ``__``: ``ZHIBU_DATABASE__URL``, ``ZHIBU_TELEGRAM__TOKEN``.
+A missing or malformed setting stops start-up with :class:`ConfigError`, whose message
+names the setting in its environment-variable form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ZHIBU_"
+DEFAULT_CONTENT = Path(__file__).resolve().parent.parent / "content" / "party"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line, fit for a terminal."""
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "sqlite+aiosqlite:///zhibu.db"
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+
+class TelegramSettings(BaseModel):
+    token: SecretStr | None = None
+    # Self-hosted Bot API servers are common where api.telegram.org is slow or blocked.
+    api_url: str = "https://api.telegram.org"
+    poll_timeout: float = Field(default=25.0, gt=0, le=50)
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class InviteSettings(BaseModel):
+    ttl_hours: int = Field(default=72, gt=0, le=24 * 90)
+    max_uses: int = Field(default=50, gt=0, le=10_000)
+    # More than ``max_failures`` wrong codes within ``failure_window_minutes`` locks the
+    # person out for ``lockout_minutes``.
+    max_failures: int = Field(default=5, gt=0)
+    failure_window_minutes: int = Field(default=10, gt=0)
+    lockout_minutes: int = Field(default=60, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # "auto": Telegram through python-telegram-bot when a token is set, else the console.
+    adapter: Literal["auto", "ptb", "aiogram", "console"] = "auto"
+    database: DatabaseSettings = DatabaseSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    invite: InviteSettings = InviteSettings()
+    content_path: Path = DEFAULT_CONTENT
+    # Messenger identities that become admins on first contact, as "platform:user_id",
+    # e.g. ["telegram:123456789"]. The console's default user is "admin".
+    admins: list[str] = ["console:admin"]
+    default_language: Literal["zh_CN", "en"] = "zh_CN"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("admins")
+    @classmethod
+    def _identities(cls, value: list[str]) -> list[str]:
+        for item in value:
+            platform, sep, user_id = item.partition(":")
+            if not sep or not platform or not user_id:
+                raise ValueError(f"{item!r} is not of the form platform:user_id")
+        return value
+
+    def resolved_adapter(self) -> Literal["ptb", "aiogram", "console"]:
+        if self.adapter != "auto":
+            return self.adapter
+        return "ptb" if self.telegram.token else "console"
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc if isinstance(part, str))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning validation errors into one readable line."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{_env_name(first['loc'])}: {first['msg']}") from None
+    if settings.adapter in ("ptb", "aiogram") and not settings.telegram.token:
+        raise ConfigError(
+            f"{ENV_PREFIX}TELEGRAM__TOKEN: required when {ENV_PREFIX}ADAPTER is {settings.adapter}"
+        )
+    if not settings.content_path.is_dir():
+        raise ConfigError(f"{ENV_PREFIX}CONTENT_PATH: {settings.content_path} is not a directory")
+    return settings

@@ -1,0 +1,202 @@
+"""What a handler gets: the event, a database session, the member, and an outbox.
+
+Handlers never call the messenger directly. They put replies in the outbox, and the
+dispatcher sends them only after the event's transaction has committed, so nobody is
+told "done" about something that was rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config import Settings
+from bot.db.models import AuditLog, Conversation, Member, MemberIdentity
+from bot.i18n import Translator
+from bot.messenger import Button, ButtonPress, Capabilities, Event, OutMessage, Sender
+from bot.text import Rich, as_rich
+
+if TYPE_CHECKING:
+    from bot.routing import Router
+
+
+@dataclass(frozen=True, slots=True)
+class OrgInfo:
+    id: int
+    code: str
+    name: str
+    timezone: str
+    admin_branch_id: int
+
+
+@dataclass(slots=True)
+class Services:
+    """Long-lived things handlers may read; built once by :mod:`bot.app`."""
+
+    settings: Settings
+    platform: str
+    capabilities: Capabilities
+    org: OrgInfo
+    router: Router
+    invite_link: Any  # Callable[[str], str]; Any keeps dataclass slots simple
+    clock: Any  # bot.clock.Clock
+
+    def is_configured_admin(self, sender: Sender) -> bool:
+        return f"{sender.platform}:{sender.user_id}" in self.settings.admins
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    chat_id: str
+    message: OutMessage
+
+
+@dataclass(frozen=True, slots=True)
+class MenuUpdate:
+    """Refresh one chat's command menu for a member's role and language."""
+
+    chat_id: str
+    language: str
+    role: str | None
+
+
+Outgoing = Reply | MenuUpdate
+
+
+class InvalidButton(Exception):
+    """Raised by handlers when button data is malformed, stale or not this person's."""
+
+
+@dataclass
+class Context:
+    event: Event
+    session: AsyncSession
+    services: Services
+    t: Translator
+    now: datetime
+    member: Member | None = None
+    conversation: Conversation | None = None
+    args: list[str] = field(default_factory=list)
+    arg_text: str = ""
+    # Button payload after the routing prefix, already split on ":".
+    parts: list[str] = field(default_factory=list)
+    outbox: list[Outgoing] = field(default_factory=list)
+    toast: str | None = None
+
+    # --- who and where -------------------------------------------------------------
+
+    @property
+    def sender(self) -> Sender:
+        return self.event.sender
+
+    @property
+    def chat_id(self) -> str:
+        return self.event.chat_id
+
+    @property
+    def press(self) -> ButtonPress | None:
+        return self.event if isinstance(self.event, ButtonPress) else None
+
+    def require_member(self) -> Member:
+        assert self.member is not None, "routing guarantees a member for this handler"
+        return self.member
+
+    # --- replies -----------------------------------------------------------------
+
+    def reply(self, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()) -> None:
+        self.outbox.append(Reply(self.chat_id, OutMessage(as_rich(text), buttons)))
+
+    def button(self, label: str, *parts: str | int) -> Button:
+        """A button whose data routes back to a handler; sizes are checked here."""
+        data = ":".join(str(p) for p in parts)
+        limit = self.services.capabilities.max_button_data
+        if len(data.encode()) > limit:
+            raise ValueError(f"button data {data!r} exceeds {limit} bytes")
+        return Button(label, data)
+
+    async def notify(self, member: Member, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()) -> None:
+        """Queue a message to another member, on their most recent identity here."""
+        chat_id = await self.chat_of(member)
+        if chat_id is not None:
+            self.outbox.append(Reply(chat_id, OutMessage(as_rich(text), buttons)))
+
+    async def chat_of(self, member: Member) -> str | None:
+        row = await self.session.scalar(
+            select(MemberIdentity.chat_id)
+            .where(
+                MemberIdentity.member_id == member.id,
+                MemberIdentity.platform == self.services.platform,
+            )
+            .order_by(MemberIdentity.id.desc())
+            .limit(1)
+        )
+        return row
+
+    def translator_for(self, member: Member) -> Translator:
+        lang = member.language or self.services.settings.default_language
+        return Translator(lang, self.services.org.timezone)
+
+    async def refresh_menu(self, member: Member) -> None:
+        chat_id = await self.chat_of(member)
+        if chat_id is not None:
+            lang = member.language or self.services.settings.default_language
+            role = member.role if member.active else None
+            self.outbox.append(MenuUpdate(chat_id, lang, role))
+
+    # --- state -------------------------------------------------------------------
+
+    async def audit(
+        self,
+        action: str,
+        target: str | None = None,
+        *,
+        outcome: str = "ok",
+        note: str | None = None,
+        **detail: Any,
+    ) -> None:
+        actor = self.member.name if self.member else self.sender.display_name
+        self.session.add(
+            AuditLog(
+                at=self.now,
+                actor_member_id=self.member.id if self.member else None,
+                actor=f"{actor} ({self.sender.platform}:{self.sender.user_id})"[:100],
+                action=action,
+                target=target[:200] if target else None,
+                outcome=outcome,
+                detail=detail,
+                note=note,
+            )
+        )
+
+    async def get_conversation(self) -> Conversation | None:
+        if self.conversation is None:
+            self.conversation = await self.session.get(
+                Conversation, (self.sender.platform, self.sender.user_id)
+            )
+        return self.conversation
+
+    async def begin_flow(self, flow: str, step: str, data: dict[str, Any] | None = None) -> None:
+        conv = await self.get_conversation()
+        if conv is None:
+            conv = Conversation(
+                platform=self.sender.platform,
+                platform_user_id=self.sender.user_id,
+                flow=flow,
+                step=step,
+                data=data or {},
+                updated_at=self.now,
+            )
+            self.session.add(conv)
+            self.conversation = conv
+        else:
+            conv.flow, conv.step, conv.data, conv.updated_at = flow, step, data or {}, self.now
+
+    async def end_flow(self) -> None:
+        if await self.get_conversation() is not None:
+            await self.session.delete(self.conversation)
+            self.conversation = None

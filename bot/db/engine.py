@@ -1,0 +1,44 @@
+"""Engine and session factory, tuned per database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession  # re-export for features
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    if make_url(url).get_backend_name() == "sqlite":
+        return _sqlite_engine(url, echo)
+    return create_async_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str, echo: bool) -> AsyncEngine:
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A deferred transaction that reads and then writes fails at once with
+        # SQLITE_BUSY when another connection wrote in between, without waiting for the
+        # busy timeout. Taking the write lock up front serialises writers cleanly, which
+        # is what SQLite does anyway.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

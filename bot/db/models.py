@@ -1,0 +1,191 @@
+"""The schema. Alembic migrations under ``migrations/`` are the only way it is created."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from bot.db.types import UTCDateTime
+
+# Stable constraint names make migrations reviewable and portable between databases.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Role(enum.StrEnum):
+    MEMBER = "member"
+    SECRETARY = "secretary"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def at_least(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+_RANK = {Role.MEMBER: 0, Role.SECRETARY: 1, Role.ADMIN: 2}
+ROLE_VALUES = ", ".join(f"'{r.value}'" for r in Role)
+
+
+class Organisation(Base):
+    __tablename__ = "organisation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
+    created_at: Mapped[datetime]
+
+
+class Branch(Base):
+    __tablename__ = "branch"
+    __table_args__ = (UniqueConstraint("organisation_id", "code", name="uq_branch_org_code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    code: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str | None] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(default=True)
+
+    organisation: Mapped[Organisation] = relationship(lazy="joined")
+
+
+class Member(Base):
+    __tablename__ = "member"
+    __table_args__ = (
+        CheckConstraint(f"role IN ({ROLE_VALUES})", name="role"),
+        Index("ix_member_branch_active", "branch_id", "active"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16), default=Role.MEMBER.value)
+    language: Mapped[str | None] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(default=True)
+    joined_at: Mapped[datetime]
+    party_joined_on: Mapped[date | None]
+
+    branch: Mapped[Branch] = relationship(lazy="joined")
+
+    @property
+    def role_enum(self) -> Role:
+        return Role(self.role)
+
+
+class MemberIdentity(Base):
+    """One member may be reachable on several messengers; each identity belongs to one."""
+
+    __tablename__ = "member_identity"
+    __table_args__ = (
+        UniqueConstraint("platform", "platform_user_id", name="uq_member_identity_platform_user"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    platform_user_id: Mapped[str] = mapped_column(String(64))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+    member: Mapped[Member] = relationship(lazy="joined")
+
+
+class Invite(Base):
+    __tablename__ = "invite"
+    __table_args__ = (CheckConstraint(f"role IN ({ROLE_VALUES})", name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    max_uses: Mapped[int]
+    uses: Mapped[int] = mapped_column(default=0)
+    revoked_at: Mapped[datetime | None]
+
+    branch: Mapped[Branch] = relationship(lazy="joined")
+
+
+class JoinFailure(Base):
+    """A wrong invite code, kept to throttle guessing."""
+
+    __tablename__ = "join_failure"
+    __table_args__ = (Index("ix_join_failure_who_at", "platform", "platform_user_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    platform_user_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+
+
+class JoinLock(Base):
+    __tablename__ = "join_lock"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform_user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    locked_until: Mapped[datetime]
+
+
+class Conversation(Base):
+    """Where a person is in a multi-step exchange (joining, composing...).
+
+    Keyed by messenger identity, not member, because people who are joining are not
+    members yet. Lives in the database so a restart or an adapter swap loses nothing.
+    """
+
+    __tablename__ = "conversation"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform_user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime]
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (CheckConstraint("outcome IN ('ok', 'refused')", name="outcome"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor_member_id: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16), default="ok")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    note: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,77 @@
+"""What every member has: /help, /me and /lang."""
+
+from __future__ import annotations
+
+from bot.context import Context, InvalidButton
+from bot.features.directory import branch_label, role_label
+from bot.features.join import explain_joining
+from bot.i18n import LANGUAGES, N_, Translator
+from bot.routing import Router
+
+router = Router("profile")
+
+
+@router.command("help", role=None, summary=N_("What I can do for you"))
+async def help_(ctx: Context) -> None:
+    member = ctx.member
+    if member is None or not member.active:
+        await explain_joining(ctx)
+        return
+    t = ctx.t
+    lines = [t("Commands you can use ({role}):", role=role_label(member.role, t))]
+    for spec in ctx.services.router.available(member.role_enum):
+        if spec.name == "start":
+            continue
+        lines.append(f"/{spec.name} — {t(spec.summary)}")
+        if spec.usage:
+            lines.append(f"    {t(spec.usage)}")
+    ctx.reply("\n".join(lines))
+
+
+@router.command("me", summary=N_("Your name, branch, role and joining date"))
+async def me(ctx: Context) -> None:
+    member, t = ctx.require_member(), ctx.t
+    ctx.reply(
+        "\n".join(
+            [
+                t("Name: {name}", name=member.name),
+                t("Branch: {branch}", branch=branch_label(member.branch, t)),
+                t("Role: {role}", role=role_label(member.role, t)),
+                t("Joined: {date}", date=t.date(member.joined_at)),
+                t("Member number: #{id}", id=member.id),
+            ]
+        )
+    )
+
+
+@router.command("lang", summary=N_("Choose your language"), usage=N_("/lang [zh_CN|en]"))
+async def lang(ctx: Context) -> None:
+    if ctx.args:
+        await _set_language(ctx, ctx.args[0])
+        return
+    ctx.reply(
+        ctx.t("Choose your language:"),
+        [[ctx.button(label, "lang", code) for code, label in LANGUAGES.items()]],
+    )
+
+
+@router.button("lang")
+async def lang_pressed(ctx: Context) -> None:
+    if len(ctx.parts) != 1 or ctx.parts[0] not in LANGUAGES:
+        raise InvalidButton
+    await _set_language(ctx, ctx.parts[0])
+
+
+async def _set_language(ctx: Context, wanted: str) -> None:
+    code = {c.lower(): c for c in LANGUAGES} | {"zh": "zh_CN", "zh-cn": "zh_CN", "中文": "zh_CN"}
+    chosen = code.get(wanted.strip().lower())
+    if chosen is None:
+        options = ", ".join(LANGUAGES)
+        ctx.reply(ctx.t("Unknown language \u201c{lang}\u201d. Choose one of: {options}.", lang=wanted, options=options))
+        return
+    member = ctx.require_member()
+    member.language = chosen
+    ctx.t = Translator(chosen, ctx.services.org.timezone)
+    ctx.reply(ctx.t("Language set to English.") if chosen == "en" else ctx.t("Language set to Chinese."))
+    await ctx.refresh_menu(member)
+

@@ -1,0 +1,193 @@
+"""The port between the core and a messenger.
+
+Adapters translate their platform's updates into the inbound events below and implement
+:class:`Messenger` for outbound calls. The core never sees a platform type, and branches
+on :class:`Capabilities`, never on a platform's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from bot.text import Rich
+
+# --- who is talking ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """A person as the messenger knows them. ``user_id`` is unique per platform."""
+
+    platform: str
+    user_id: str
+    display_name: str = ""
+    username: str | None = None
+    language_code: str | None = None
+
+
+# --- inbound events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    """A text the person typed (commands included, e.g. ``/start abc``)."""
+
+    sender: Sender
+    chat_id: str
+    text: str
+    message_id: str | None = None
+    private: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPress:
+    """A press on a button the bot sent earlier. ``data`` is untrusted input."""
+
+    sender: Sender
+    chat_id: str
+    data: str
+    press_id: str
+    message_id: str | None = None
+    private: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UnsupportedMessage:
+    """Anything else a person sent (a photo, sticker, file, voice note...).
+
+    ``kind`` names it loosely (``"photo"``, ``"document"``...) so the reply can say what
+    was not understood.
+    """
+
+    sender: Sender
+    chat_id: str
+    kind: str
+    private: bool = True
+
+
+Event = TextMessage | ButtonPress | UnsupportedMessage
+EventHandler = Callable[[Event], Awaitable[None]]
+
+
+# --- outbound ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    label: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One message to show. ``buttons`` is a list of rows.
+
+    ``text`` is already split to fit the messenger (see :func:`bot.text.split`); an
+    adapter may still refuse an oversized one with :class:`MessengerError`.
+    """
+
+    text: Rich
+    buttons: Sequence[Sequence[Button]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SentRef:
+    """Where a sent message lives, so it can be edited later."""
+
+    chat_id: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    inline_buttons: bool = True
+    message_edit: bool = True
+    quiz_polls: bool = False
+    documents: bool = False
+    photos: bool = False
+    command_menu: bool = False
+    max_text_length: int = 4096
+    max_button_data: int = 64
+    # Sustained messages per second the platform allows one bot, and per chat.
+    send_rate: float = 30.0
+    per_chat_rate: float = 1.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+class MessengerError(Exception):
+    """The messenger refused a call for a reason that retrying will not fix."""
+
+
+class RecipientUnreachable(MessengerError):
+    """Blocked, deactivated, never started the bot, or the chat does not exist."""
+
+
+class RateLimited(MessengerError):
+    def __init__(self, retry_after: float, message: str = "rate limited") -> None:
+        super().__init__(f"{message} (retry after {retry_after}s)")
+        self.retry_after = retry_after
+
+
+class TransientFailure(MessengerError):
+    """Network trouble or a server error: the same call may succeed later."""
+
+
+# --- the port ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class Messenger(Protocol):
+    """What the core needs from a messenger. One instance per connected bot account."""
+
+    @property
+    def platform(self) -> str:
+        """Key stored in ``member_identity.platform``, e.g. ``"telegram"``."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def start(self, on_event: EventHandler) -> None:
+        """Connect and begin delivering events to ``on_event``. Returns once running."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking new events and let the ones in flight finish."""
+        ...
+
+    async def send(self, chat_id: str, message: OutMessage) -> SentRef: ...
+
+    async def edit(self, ref: SentRef, message: OutMessage) -> None: ...
+
+    async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
+        """Acknowledge a button press (stops the spinner); ``notice`` shows as a toast."""
+        ...
+
+    async def set_commands(
+        self,
+        commands: Sequence[CommandInfo],
+        *,
+        chat_id: str | None = None,
+        language: str | None = None,
+    ) -> None:
+        """Set the command menu for everyone (``chat_id=None``) or for one chat.
+
+        ``language`` narrows a default menu to clients in that language. Adapters without
+        a command menu do nothing.
+        """
+        ...
+
+    def invite_link(self, code: str) -> str:
+        """What a person opens (or types) to use an invite code."""
+        ...
