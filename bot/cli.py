@@ -20,7 +20,7 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 content_app = typer.Typer(help="Content packs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(content_app, name="content")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -116,8 +116,14 @@ def content_check() -> None:
     except ContentError as exc:
         err.print(f"[red]Invalid content:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    typer.echo(f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}")
+    typer.echo(
+        f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}"
+    )
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

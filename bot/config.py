@@ -21,6 +21,15 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message is one line, fit for a terminal."""
 
 
+_DRIVERS = {
+    "sqlite+aiosqlite://": "sqlite+aiosqlite://",
+    "sqlite://": "sqlite+aiosqlite://",
+    "postgresql+asyncpg://": "postgresql+asyncpg://",
+    "postgresql://": "postgresql+asyncpg://",
+    "postgres://": "postgresql+asyncpg://",
+}
+
+
 class DatabaseSettings(BaseModel):
     url: str = "sqlite+aiosqlite:///zhibu.db"
     echo: bool = False
@@ -28,9 +37,11 @@ class DatabaseSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_driver(cls, value: str) -> str:
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-        return value
+        # Accept the URLs people paste from elsewhere and pick the async drivers we ship.
+        for prefix, driver in _DRIVERS.items():
+            if value.startswith(prefix):
+                return driver + value[len(prefix) :]
+        raise ValueError("must start with sqlite:// or postgresql://")
 
 
 class TelegramSettings(BaseModel):
@@ -103,7 +114,8 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"{_env_name(first['loc'])}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{_env_name(first['loc'])}: {message}") from None
     if settings.adapter in ("ptb", "aiogram") and not settings.telegram.token:
         raise ConfigError(
             f"{ENV_PREFIX}TELEGRAM__TOKEN: required when {ENV_PREFIX}ADAPTER is {settings.adapter}"

@@ -104,23 +104,39 @@ async def sync_pack(session: AsyncSession, pack: Pack, now: datetime) -> Organis
     records still point at them.
     """
     spec = pack.spec
-    org = await session.scalar(select(Organisation).where(Organisation.code == spec.organisation.code))
+    org = await session.scalar(
+        select(Organisation).where(Organisation.code == spec.organisation.code)
+    )
     changes: list[str] = []
     if org is None:
-        org = Organisation(code=spec.organisation.code, name=spec.organisation.name, timezone=spec.organisation.timezone, created_at=now)
+        org = Organisation(
+            code=spec.organisation.code,
+            name=spec.organisation.name,
+            timezone=spec.organisation.timezone,
+            created_at=now,
+        )
         session.add(org)
         await session.flush()
         changes.append("organisation created")
     elif (org.name, org.timezone) != (spec.organisation.name, spec.organisation.timezone):
         org.name, org.timezone = spec.organisation.name, spec.organisation.timezone
         changes.append("organisation updated")
-    existing = {b.code: b for b in await session.scalars(select(Branch).where(Branch.organisation_id == org.id))}
+    existing = {
+        b.code: b
+        for b in await session.scalars(select(Branch).where(Branch.organisation_id == org.id))
+    }
     for position, branch_spec in enumerate(spec.branches):
         branch = existing.pop(branch_spec.code, None)
         wanted = (branch_spec.name, branch_spec.name_en, position, True)
         if branch is None:
             session.add(
-                Branch(organisation_id=org.id, code=branch_spec.code, name=branch_spec.name, name_en=branch_spec.name_en, position=position)
+                Branch(
+                    organisation_id=org.id,
+                    code=branch_spec.code,
+                    name=branch_spec.name,
+                    name_en=branch_spec.name_en,
+                    position=position,
+                )
             )
             changes.append(f"branch {branch_spec.code} created")
         elif (branch.name, branch.name_en, branch.position, branch.active) != wanted:
@@ -131,13 +147,23 @@ async def sync_pack(session: AsyncSession, pack: Pack, now: datetime) -> Organis
             branch.active = False
             changes.append(f"branch {branch.code} deactivated")
     if changes:
-        session.add(AuditLog(at=now, actor="content loader", action="content.load", target=str(pack.path)[:200], detail={"changes": changes}))
+        session.add(
+            AuditLog(
+                at=now,
+                actor="content loader",
+                action="content.load",
+                target=str(pack.path)[:200],
+                detail={"changes": changes},
+            )
+        )
     await session.flush()
     return org
 
 
 async def admin_branch_id(session: AsyncSession, pack: Pack, org: Organisation) -> int:
     code = pack.spec.admin_branch or pack.spec.branches[0].code
-    branch_id = await session.scalar(select(Branch.id).where(Branch.organisation_id == org.id, Branch.code == code))
+    branch_id = await session.scalar(
+        select(Branch.id).where(Branch.organisation_id == org.id, Branch.code == code)
+    )
     assert branch_id is not None, "sync_pack creates every branch in the pack"
     return branch_id

@@ -119,7 +119,9 @@ class Context:
             raise ValueError(f"button data {data!r} exceeds {limit} bytes")
         return Button(label, data)
 
-    async def notify(self, member: Member, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()) -> None:
+    async def notify(
+        self, member: Member, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()
+    ) -> None:
         """Queue a message to another member, on their most recent identity here."""
         chat_id = await self.chat_of(member)
         if chat_id is not None:

@@ -8,7 +8,7 @@ in the repository.
 from __future__ import annotations
 
 import io
-from datetime import date, datetime
+import datetime as dt
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -72,13 +72,13 @@ class Translator:
         text = self._gettext.ngettext(singular, plural, count)
         return text.format(count=count, **params)
 
-    def date(self, value: date | datetime) -> str:
-        if isinstance(value, datetime):
+    def date(self, value: dt.date | dt.datetime) -> str:
+        if isinstance(value, dt.datetime):
             value = value.astimezone(self.tz).date()
         return format_date(value, format="long", locale=self.locale)
 
-    def datetime(self, value: datetime) -> str:
+    def datetime(self, value: dt.datetime) -> str:
         return format_datetime(value, format="medium", tzinfo=self.tz, locale=self.locale)
 
-    def time(self, value: datetime) -> str:
+    def time(self, value: dt.datetime) -> str:
         return format_datetime(value, format="HH:mm", tzinfo=self.tz, locale=self.locale)

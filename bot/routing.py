@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,7 +88,9 @@ class Router:
 
         return register
 
-    def button(self, prefix: str, *, role: Role | None = Role.MEMBER) -> Callable[[Handler], Handler]:
+    def button(
+        self, prefix: str, *, role: Role | None = Role.MEMBER
+    ) -> Callable[[Handler], Handler]:
         if ":" in prefix:
             raise ValueError("button prefixes cannot contain ':'")
 
@@ -124,7 +126,7 @@ class Router:
         self.fallback = other.fallback or self.fallback
 
     @staticmethod
-    def _claim(table: dict[str, object], key: str) -> None:
+    def _claim(table: Mapping[str, object], key: str) -> None:
         if key in table:
             raise ValueError(f"{key!r} is registered twice")
 
@@ -182,9 +184,9 @@ class Dispatcher:
                 self.handled += 1
                 self._progress.notify_all()
 
-    async def wait_handled(self, count: int, timeout: float = 10.0) -> None:
+    async def wait_handled(self, count: int) -> None:
         """Wait until at least ``count`` events have been handled since start."""
-        async with asyncio.timeout(timeout), self._progress:
+        async with self._progress:
             await self._progress.wait_for(lambda: self.handled >= count)
 
     async def _handle(self, event: Event) -> None:
@@ -197,7 +199,9 @@ class Dispatcher:
             log.exception("handler failed; transaction rolled back")
             t = ctx.t if ctx is not None else self._guess_translator(event)
             failed = Context(event, session, self.services, t, self.services.clock.now())
-            failed.reply(t(N_("Sorry, something went wrong and nothing was changed. Please try again.")))
+            failed.reply(
+                t(N_("Sorry, something went wrong and nothing was changed. Please try again."))
+            )
             ctx = failed
         await self._flush(ctx)
 
@@ -244,7 +248,13 @@ class Dispatcher:
             await self._route_button(ctx, event, registered)
         elif isinstance(event, UnsupportedMessage):
             if registered:
-                ctx.reply(ctx.t(N_("I can only read text and button presses here. /help lists what I can do.")))
+                ctx.reply(
+                    ctx.t(
+                        N_(
+                            "I can only read text and button presses here. /help lists what I can do."
+                        )
+                    )
+                )
             else:
                 await self._unregistered(ctx)
         elif isinstance(event, TextMessage):
@@ -253,7 +263,15 @@ class Dispatcher:
     async def _route_text(self, ctx: Context, event: TextMessage, registered: bool) -> None:
         text = event.text.strip()
         if len(text) > MAX_TEXT:
-            ctx.reply(ctx.t(N_("That message is too long ({length} characters). Please keep it under {limit}."), length=len(text), limit=MAX_TEXT))
+            ctx.reply(
+                ctx.t(
+                    N_(
+                        "That message is too long ({length} characters). Please keep it under {limit}."
+                    ),
+                    length=len(text),
+                    limit=MAX_TEXT,
+                )
+            )
             return
         parsed = parse_command(text)
         if parsed is not None:
@@ -262,7 +280,14 @@ class Dispatcher:
             spec = self.router.commands.get(name)
             if spec is None:
                 if registered:
-                    ctx.reply(ctx.t(N_("I don't know the command /{name}. /help lists the commands you can use."), name=name))
+                    ctx.reply(
+                        ctx.t(
+                            N_(
+                                "I don't know the command /{name}. /help lists the commands you can use."
+                            ),
+                            name=name,
+                        )
+                    )
                 else:
                     await self._unregistered(ctx)
                 return
@@ -316,7 +341,13 @@ class Dispatcher:
         if member.role_enum.at_least(role):
             return True
         await ctx.audit("refused", what, outcome="refused", needed=role.value, had=member.role)
-        ctx.reply(ctx.t(N_("Sorry, {what} needs the {role} role. Nothing was changed."), what=what, role=ctx.t(ROLE_NAMES[role])))
+        ctx.reply(
+            ctx.t(
+                N_("Sorry, {what} needs the {role} role. Nothing was changed."),
+                what=what,
+                role=ctx.t(ROLE_NAMES[role]),
+            )
+        )
         ctx.toast = ctx.t(N_("Not allowed"))
         return False
 
@@ -344,7 +375,9 @@ class Dispatcher:
                 elif isinstance(item, MenuUpdate):
                     await self._update_menu(item)
             except MessengerError as exc:
-                log.warning("could not deliver %s to %s: %s", type(item).__name__, item.chat_id, exc)
+                log.warning(
+                    "could not deliver %s to %s: %s", type(item).__name__, item.chat_id, exc
+                )
 
     async def _send(self, item: Reply, limit: int) -> None:
         pieces = split(item.message.text, limit)

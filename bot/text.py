@@ -7,6 +7,7 @@ on visible text, so a split can never cut a tag or an escape sequence in half.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -101,11 +102,14 @@ def _cut_point(text: str, budget: int) -> int:
 def split(rich: Rich, limit: int) -> list[Rich]:
     """Split into pieces of at most ``limit`` units, preferring line, then word breaks.
 
-    Styles carry over a split: a bold run cut in two stays bold in both pieces.
+    Styles carry over a split: a bold run cut in two stays bold in both pieces. Blank
+    text gives no pieces at all, since messengers refuse empty messages.
     """
     if limit <= 0:
         raise ValueError("limit must be positive")
     text = rich.plain
+    if not text.strip():
+        return []
     if units(text) <= limit:
         return [rich]
     # Decide the cut positions on the plain text first, then slice the spans.
@@ -122,7 +126,7 @@ def split(rich: Rich, limit: int) -> list[Rich]:
         start = end
     pieces: list[Rich] = []
     bounds = [0, *cuts, len(text)]
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         pieces.append(_slice(rich, lo, hi))
     return [_strip_trailing_newline(p) for p in pieces if p.plain.strip()]
 

@@ -30,7 +30,11 @@ SKIP_PG_REASON = "needs PostgreSQL: set ZHIBU_TEST_DATABASE_URL=postgresql+async
 
 
 def pytest_report_header() -> str:
-    where = make_url(PG_URL).render_as_string(hide_password=True) if PG_URL else "SQLite (temporary files)"
+    where = (
+        make_url(PG_URL).render_as_string(hide_password=True)
+        if PG_URL
+        else "SQLite (temporary files)"
+    )
     return f"zhibu test database: {where}"
 
 
@@ -64,20 +68,24 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield str(path)
 
 
-@pytest.fixture
-async def database_url(migrated_template: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A clean, migrated database for one test."""
+async def fresh_database(migrated_template: str, tmp_path: Path) -> str:
+    """Empty every table (PostgreSQL) or copy the migrated template (SQLite)."""
     if PG_URL:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         engine = create_engine(PG_URL)
         async with engine.begin() as conn:
             await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         await engine.dispose()
-        yield PG_URL
-    else:
-        path = tmp_path / "zhibu.db"
-        shutil.copyfile(migrated_template, path)
-        yield f"sqlite+aiosqlite:///{path}"
+        return PG_URL
+    path = tmp_path / "zhibu.db"
+    shutil.copyfile(migrated_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def database_url(migrated_template: str, tmp_path: Path) -> str:
+    """A clean, migrated database for one test."""
+    return await fresh_database(migrated_template, tmp_path)
 
 
 @pytest.fixture

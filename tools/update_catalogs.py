@@ -20,7 +20,9 @@ KEYWORDS = {"t": None, "N_": None, "theirs": None, "n": (1, 2)}
 
 def extract() -> Catalog:
     template = Catalog()
-    for _file, _line, message, _comments, _context in extract_from_dir(ROOT / "bot", keywords=KEYWORDS):
+    for _file, _line, message, _comments, _context in extract_from_dir(
+        ROOT / "bot", keywords=KEYWORDS
+    ):
         template.add(message)
     return template
 
@@ -37,7 +39,9 @@ def main() -> int:
             catalog = Catalog(locale=lang)
         catalog.update(template, no_fuzzy_matching=True)
         with path.open("wb") as fh:
-            write_po(fh, catalog, omit_header=False, width=100, ignore_obsolete=True, sort_output=False)
+            write_po(
+                fh, catalog, omit_header=False, width=100, ignore_obsolete=True, sort_output=False
+            )
         missing = [m.id for m in catalog if m.id and not m.string]
         print(f"{path.relative_to(ROOT)}: {len(catalog)} messages, {len(missing)} untranslated")
     return 0

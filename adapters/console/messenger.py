@@ -8,6 +8,7 @@ before the next), which is how demos and tests drive it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -98,10 +99,8 @@ class ConsoleMessenger:
     async def stop(self) -> None:
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._task = None
 
     async def _read_loop(self) -> None:
@@ -130,16 +129,22 @@ class ConsoleMessenger:
             keep_going = self._console_command(stripped)
             if self._pending_press is not None:
                 data, self._pending_press = self._pending_press, None
-                await self._on_event(ButtonPress(sender, self.user, data, press_id=str(next(self._ids))))
+                await self._on_event(
+                    ButtonPress(sender, self.user, data, press_id=str(next(self._ids)))
+                )
             return keep_going
         choice = self._pressed(stripped)
         if choice is not None:
             ref, button = choice
             await self._on_event(
-                ButtonPress(sender, self.user, button.data, press_id=str(next(self._ids)), message_id=ref)
+                ButtonPress(
+                    sender, self.user, button.data, press_id=str(next(self._ids)), message_id=ref
+                )
             )
         else:
-            await self._on_event(TextMessage(sender, self.user, stripped, message_id=str(next(self._ids))))
+            await self._on_event(
+                TextMessage(sender, self.user, stripped, message_id=str(next(self._ids)))
+            )
         return True
 
     def _console_command(self, line: str) -> bool:

@@ -83,7 +83,13 @@ async def resolve_member(ctx: Context, ref: str, *, branch_id: int | None = None
             ctx.reply(t("No member \u201c{ref}\u201d found.", ref=ref))
         return None
     if len(found) > 1:
-        lines = [t("Several members match \u201c{ref}\u201d; use the number, e.g. #{id}:", ref=ref, id=found[0].id)]
+        lines = [
+            t(
+                "Several members match \u201c{ref}\u201d; use the number, e.g. #{id}:",
+                ref=ref,
+                id=found[0].id,
+            )
+        ]
         lines += [member_line(m, t) for m in found]
         ctx.reply("\n".join(lines))
         return None

@@ -100,16 +100,25 @@ async def invite(ctx: Context) -> None:
     role_arg = ctx.args[-1].lower() if len(ctx.args) > 1 else Role.MEMBER.value
     branch_ref = " ".join(ctx.args[:-1]) if len(ctx.args) > 1 else ctx.args[0]
     if role_arg not in {r.value for r in Role}:
-        ctx.reply(t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=role_arg))
+        ctx.reply(
+            t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=role_arg)
+        )
         return
     role = Role(role_arg)
     branch = await find_branch(ctx, branch_ref)
     if branch is None:
-        ctx.reply(t("No branch \u201c{ref}\u201d. /invite without arguments lists the branches.", ref=branch_ref))
+        ctx.reply(
+            t(
+                "No branch \u201c{ref}\u201d. /invite without arguments lists the branches.",
+                ref=branch_ref,
+            )
+        )
         return
     if me.role_enum is Role.SECRETARY and (branch.id != me.branch_id or role is not Role.MEMBER):
         await ctx.audit("invite.create", branch.code, outcome="refused", role=role.value)
-        ctx.reply(t("Secretaries can invite members to their own branch only. Nothing was changed."))
+        ctx.reply(
+            t("Secretaries can invite members to their own branch only. Nothing was changed.")
+        )
         return
     settings = ctx.services.settings.invite
     row = Invite(
@@ -164,7 +173,12 @@ async def start(ctx: Context) -> None:
     code = ctx.args[0].strip().upper() if ctx.args else ""
     if member is not None and member.active:
         if code:
-            ctx.reply(ctx.t("You are already registered in {branch}.", branch=branch_label(member.branch, ctx.t)))
+            ctx.reply(
+                ctx.t(
+                    "You are already registered in {branch}.",
+                    branch=branch_label(member.branch, ctx.t),
+                )
+            )
         else:
             ctx.reply(ctx.t("Welcome back, {name}! /help lists what you can do.", name=member.name))
         return
@@ -188,7 +202,11 @@ async def _record_failure(ctx: Context) -> datetime | None:
     recent = await ctx.session.scalar(
         select(func.count())
         .select_from(JoinFailure)
-        .where(JoinFailure.platform == who[0], JoinFailure.platform_user_id == who[1], JoinFailure.at > since)
+        .where(
+            JoinFailure.platform == who[0],
+            JoinFailure.platform_user_id == who[1],
+            JoinFailure.at > since,
+        )
     )
     if (recent or 0) <= settings.max_failures:
         return None
@@ -199,7 +217,9 @@ async def _record_failure(ctx: Context) -> datetime | None:
     else:
         lock.locked_until = until
     await ctx.session.execute(
-        delete(JoinFailure).where(JoinFailure.platform == who[0], JoinFailure.platform_user_id == who[1])
+        delete(JoinFailure).where(
+            JoinFailure.platform == who[0], JoinFailure.platform_user_id == who[1]
+        )
     )
     await ctx.audit("join.locked", f"{who[0]}:{who[1]}", outcome="refused", until=until.isoformat())
     return until
@@ -209,15 +229,23 @@ async def _use_code(ctx: Context, code: str) -> None:
     t = ctx.t
     locked = await _locked_until(ctx)
     if locked is not None:
-        ctx.reply(t("Too many wrong invite codes. Please try again after {time}.", time=t.time(locked)))
+        ctx.reply(
+            t("Too many wrong invite codes. Please try again after {time}.", time=t.time(locked))
+        )
         return
     invite = await ctx.session.scalar(select(Invite).where(Invite.code == code))
     if invite is None or invite.revoked_at is not None:
         until = await _record_failure(ctx)
         if until is not None:
-            ctx.reply(t("Too many wrong invite codes. Please try again after {time}.", time=t.time(until)))
+            ctx.reply(
+                t("Too many wrong invite codes. Please try again after {time}.", time=t.time(until))
+            )
         else:
-            ctx.reply(t("That invite code is not valid. Please check it, or ask your branch secretary for a new link."))
+            ctx.reply(
+                t(
+                    "That invite code is not valid. Please check it, or ask your branch secretary for a new link."
+                )
+            )
         return
     if problem := _invite_problem(ctx, invite):
         ctx.reply(problem)
@@ -230,7 +258,10 @@ async def _use_code(ctx: Context, code: str) -> None:
 def _invite_problem(ctx: Context, invite: Invite) -> str | None:
     t = ctx.t
     if invite.expires_at <= ctx.now:
-        return t("This invite expired on {date}. Please ask your branch secretary for a new one.", date=t.date(invite.expires_at))
+        return t(
+            "This invite expired on {date}. Please ask your branch secretary for a new one.",
+            date=t.date(invite.expires_at),
+        )
     if invite.uses >= invite.max_uses:
         return t("This invite has been used up. Please ask your branch secretary for a new one.")
     return None
@@ -246,10 +277,17 @@ def _ask_name(ctx: Context, invite: Invite, name: str | None) -> None:
     )
     cancel = ctx.button(t("Cancel"), "join", "no")
     if name is None:
-        ctx.reply(intro + "\n" + t("Please type your full name as your branch knows it."), [[cancel]])
+        ctx.reply(
+            intro + "\n" + t("Please type your full name as your branch knows it."), [[cancel]]
+        )
         return
     ctx.reply(
-        intro + "\n" + t("Your name will be shown as \u201c{name}\u201d. Confirm it, or type your full name instead.", name=name),
+        intro
+        + "\n"
+        + t(
+            "Your name will be shown as \u201c{name}\u201d. Confirm it, or type your full name instead.",
+            name=name,
+        ),
         [[ctx.button(t("Confirm: {name}", name=name), "join", "ok", invite.id)], [cancel]],
     )
 
@@ -293,15 +331,25 @@ async def join_pressed(ctx: Context) -> None:
         return
     # Count the use atomically, so two people racing for the last place can't both win.
     claimed = await ctx.session.execute(
-        update(Invite).where(Invite.id == invite.id, Invite.uses < Invite.max_uses).values(uses=Invite.uses + 1)
+        update(Invite)
+        .where(Invite.id == invite.id, Invite.uses < Invite.max_uses)
+        .values(uses=Invite.uses + 1)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         await ctx.end_flow()
-        ctx.reply(t("This invite has been used up. Please ask your branch secretary for a new one."))
+        ctx.reply(
+            t("This invite has been used up. Please ask your branch secretary for a new one.")
+        )
         return
     member = await _register(ctx, invite, name)
     await ctx.end_flow()
-    await ctx.audit("member.join", invite.branch.code, member_id=member.id, invite_id=invite.id, role=invite.role)
+    await ctx.audit(
+        "member.join",
+        invite.branch.code,
+        member_id=member.id,
+        invite_id=invite.id,
+        role=invite.role,
+    )
     ctx.reply(
         t(
             "Welcome, {name}! You have joined {branch} as {role}.\n/help lists what you can do.",
@@ -329,7 +377,12 @@ async def _register(ctx: Context, invite: Invite, name: str) -> Member:
         ctx.session.add(_identity(ctx, member))
     else:
         # A deactivated member rejoining keeps their history.
-        member.branch, member.name, member.role, member.active = invite.branch, name, invite.role, True
+        member.branch, member.name, member.role, member.active = (
+            invite.branch,
+            name,
+            invite.role,
+            True,
+        )
     try:
         await ctx.session.flush()
     except IntegrityError:
@@ -350,4 +403,7 @@ async def _tell_secretaries(ctx: Context, member: Member) -> None:
     )
     for secretary in secretaries:
         t = ctx.translator_for(secretary)
-        await ctx.notify(secretary, t("{name} joined {branch}.", name=member.name, branch=branch_label(member.branch, t)))
+        await ctx.notify(
+            secretary,
+            t("{name} joined {branch}.", name=member.name, branch=branch_label(member.branch, t)),
+        )

@@ -67,11 +67,18 @@ async def _set_language(ctx: Context, wanted: str) -> None:
     chosen = code.get(wanted.strip().lower())
     if chosen is None:
         options = ", ".join(LANGUAGES)
-        ctx.reply(ctx.t("Unknown language \u201c{lang}\u201d. Choose one of: {options}.", lang=wanted, options=options))
+        ctx.reply(
+            ctx.t(
+                "Unknown language \u201c{lang}\u201d. Choose one of: {options}.",
+                lang=wanted,
+                options=options,
+            )
+        )
         return
     member = ctx.require_member()
     member.language = chosen
     ctx.t = Translator(chosen, ctx.services.org.timezone)
-    ctx.reply(ctx.t("Language set to English.") if chosen == "en" else ctx.t("Language set to Chinese."))
+    ctx.reply(
+        ctx.t("Language set to English.") if chosen == "en" else ctx.t("Language set to Chinese.")
+    )
     await ctx.refresh_menu(member)
-

@@ -10,7 +10,13 @@ from sqlalchemy import func, select
 
 from bot.context import Context, InvalidButton
 from bot.db.models import Branch, Member, Role
-from bot.features.directory import branch_label, find_branch, member_line, resolve_member, role_label
+from bot.features.directory import (
+    branch_label,
+    find_branch,
+    member_line,
+    resolve_member,
+    role_label,
+)
 from bot.i18n import N_
 from bot.routing import Router
 
@@ -84,8 +90,20 @@ async def _show_page(ctx: Context, branch_id: int, page: int) -> None:
         .offset(page * PAGE_SIZE)
         .limit(PAGE_SIZE)
     )
-    scope = branch_label(await ctx.session.get_one(Branch, branch_id), t) if branch_id else t("all branches")
-    lines = [t("Members of {scope}: {total} (page {page}/{pages})", scope=scope, total=total, page=page + 1, pages=pages)]
+    scope = (
+        branch_label(await ctx.session.get_one(Branch, branch_id), t)
+        if branch_id
+        else t("all branches")
+    )
+    lines = [
+        t(
+            "Members of {scope}: {total} (page {page}/{pages})",
+            scope=scope,
+            total=total,
+            page=page + 1,
+            pages=pages,
+        )
+    ]
     lines += [member_line(m, t) for m in rows.unique()]
     nav = []
     if page > 0:
@@ -107,17 +125,25 @@ async def _show_page(ctx: Context, branch_id: int, page: int) -> None:
 async def role(ctx: Context) -> None:
     t = ctx.t
     if len(ctx.args) < 2:
-        ctx.reply(t("Usage: /role <member> <member|secretary|admin>. A member is #number, @username or full name."))
+        ctx.reply(
+            t(
+                "Usage: /role <member> <member|secretary|admin>. A member is #number, @username or full name."
+            )
+        )
         return
     wanted = ctx.args[-1].lower()
     if wanted not in {r.value for r in Role}:
-        ctx.reply(t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=wanted))
+        ctx.reply(
+            t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=wanted)
+        )
         return
     target = await resolve_member(ctx, " ".join(ctx.args[:-1]))
     if target is None:
         return
     if target.role == wanted:
-        ctx.reply(t("{name} already has the role {role}.", name=target.name, role=role_label(wanted, t)))
+        ctx.reply(
+            t("{name} already has the role {role}.", name=target.name, role=role_label(wanted, t))
+        )
         return
     if target.role == Role.ADMIN and await _last_admin(ctx, target):
         ctx.reply(t("{name} is the last admin; make someone else admin first.", name=target.name))
@@ -170,14 +196,18 @@ async def move(ctx: Context) -> None:
         await _refuse_other_branch(ctx, "member.move", f"#{target.id}")
         return
     if target.branch_id == branch.id:
-        ctx.reply(t("{name} is already in {branch}.", name=target.name, branch=branch_label(branch, t)))
+        ctx.reply(
+            t("{name} is already in {branch}.", name=target.name, branch=branch_label(branch, t))
+        )
         return
     before = target.branch.code
     target.branch = branch
     await ctx.audit("member.move", f"#{target.id} {target.name}", before=before, after=branch.code)
     ctx.reply(t("{name} moved to {branch}.", name=target.name, branch=branch_label(branch, t)))
     theirs = ctx.translator_for(target)
-    await ctx.notify(target, theirs("You are now in {branch}.", branch=branch_label(branch, theirs)))
+    await ctx.notify(
+        target, theirs("You are now in {branch}.", branch=branch_label(branch, theirs))
+    )
 
 
 # --- /deactivate ------------------------------------------------------------------

@@ -8,6 +8,7 @@ fully handled (committed and replied to).
 
 from __future__ import annotations
 
+import asyncio
 import html
 import io
 import re
@@ -97,7 +98,9 @@ class Driver(ABC):
     async def send(self, person: Person, text: str) -> list[Shown]: ...
 
     @abstractmethod
-    async def press_data(self, person: Person, data: str, message_id: str | None = None) -> list[Shown]: ...
+    async def press_data(
+        self, person: Person, data: str, message_id: str | None = None
+    ) -> list[Shown]: ...
 
     @abstractmethod
     async def send_photo(self, person: Person) -> list[Shown]: ...
@@ -141,7 +144,9 @@ class ConsoleDriver(Driver):
     async def send(self, person: Person, text: str) -> list[Shown]:
         return await self._typed(person, text)
 
-    async def press_data(self, person: Person, data: str, message_id: str | None = None) -> list[Shown]:
+    async def press_data(
+        self, person: Person, data: str, message_id: str | None = None
+    ) -> list[Shown]:
         # Press by number when the button is on the person's latest keyboard, as a
         # person would; otherwise send the raw data (a stale or forged press).
         options = self.console._buttons.get(person.name, [])
@@ -191,7 +196,8 @@ class TelegramDriver(Driver):
         await self.tg.stop()
 
     async def _collect(self, before: int, handled: int) -> list[Shown]:
-        await self.dispatcher.wait_handled(handled + 1)
+        async with asyncio.timeout(10):
+            await self.dispatcher.wait_handled(handled + 1)
         shown = []
         for call in self.tg.calls[before:]:
             if call.method != "sendMessage" or call.status != 200:
@@ -212,22 +218,36 @@ class TelegramDriver(Driver):
 
     async def send(self, person: Person, text: str) -> list[Shown]:
         before, handled = len(self.tg.calls), self.dispatcher.handled
-        self.tg.user_says(person.tg_id, text, first_name=person.name, language_code=person.language_code)
+        self.tg.user_says(
+            person.tg_id, text, first_name=person.name, language_code=person.language_code
+        )
         return await self._collect(before, handled)
 
-    async def press_data(self, person: Person, data: str, message_id: str | None = None) -> list[Shown]:
+    async def press_data(
+        self, person: Person, data: str, message_id: str | None = None
+    ) -> list[Shown]:
         before, handled = len(self.tg.calls), self.dispatcher.handled
         query_id = self.tg.user_presses(
-            person.tg_id, int(message_id or 1), data, first_name=person.name, language_code=person.language_code
+            person.tg_id,
+            int(message_id or 1),
+            data,
+            first_name=person.name,
+            language_code=person.language_code,
         )
         shown = await self._collect(before, handled)
         # No spinning buttons: every press is answered.
-        await self.tg.wait_for(lambda c: c.method == "answerCallbackQuery" and c.params.get("callback_query_id") == query_id)
+        await self.tg.wait_for(
+            lambda c: (
+                c.method == "answerCallbackQuery" and c.params.get("callback_query_id") == query_id
+            )
+        )
         return shown
 
     async def send_photo(self, person: Person) -> list[Shown]:
         before, handled = len(self.tg.calls), self.dispatcher.handled
-        self.tg.user_sends_photo(person.tg_id, first_name=person.name, language_code=person.language_code)
+        self.tg.user_sends_photo(
+            person.tg_id, first_name=person.name, language_code=person.language_code
+        )
         return await self._collect(before, handled)
 
 

@@ -31,7 +31,9 @@ async def member_named(driver: Driver, name: str) -> Member | None:
 
 async def audit_actions(driver: Driver) -> list[tuple[str, str]]:
     async with driver.app.sessionmaker() as session:
-        rows = await session.execute(select(AuditLog.action, AuditLog.outcome).order_by(AuditLog.id))
+        rows = await session.execute(
+            select(AuditLog.action, AuditLog.outcome).order_by(AuditLog.id)
+        )
         return [(a, o) for a, o in rows.all()]
 
 
@@ -119,13 +121,24 @@ async def test_member_cannot_use_privileged_commands(driver: Driver) -> None:
     await join(driver, ZHAO, await invite(driver))
     zhao = await member_named(driver, ZHAO.name)
     assert zhao is not None
-    for command in [f"/role #{zhao.id} admin", "/members", "/invite prosecution", f"/deactivate #{zhao.id}", f"/move #{zhao.id} retirees"]:
+    for command in [
+        f"/role #{zhao.id} admin",
+        "/members",
+        "/invite prosecution",
+        f"/deactivate #{zhao.id}",
+        f"/move #{zhao.id} retirees",
+    ]:
         reply = texts(await driver.send(WANG, command))
         assert "没有做任何改动" in reply or "Nothing was changed" in reply, reply
     refused = [a for a in await audit_actions(driver) if a[1] == "refused"]
     assert len(refused) == 5
     zhao = await member_named(driver, ZHAO.name)
-    assert zhao is not None and zhao.role == "member" and zhao.active and zhao.branch.code == "prosecution"
+    assert (
+        zhao is not None
+        and zhao.role == "member"
+        and zhao.active
+        and zhao.branch.code == "prosecution"
+    )
     help_text = texts(await driver.send(WANG, "/help"))
     assert "/me" in help_text and "/role" not in help_text and "/members" not in help_text
 
@@ -143,7 +156,9 @@ async def test_roles_branches_and_deactivation(driver: Driver) -> None:
     assert ZHAO.name in listing and "admin" not in listing
     assert "没有做任何改动" in texts(await driver.send(WANG, "/members retirees"))
     assert "没有做任何改动" in texts(await driver.send(WANG, "/invite investigation"))
-    assert "t.me" in texts(await driver.send(WANG, "/invite prosecution")) or driver.name == "console"
+    assert (
+        "t.me" in texts(await driver.send(WANG, "/invite prosecution")) or driver.name == "console"
+    )
     assert "没有做任何改动" in texts(await driver.send(WANG, f"/role {ZHAO.name} admin"))
 
     await driver.send(WANG, f"/move {ZHAO.name} retirees")
@@ -161,7 +176,9 @@ async def test_roles_branches_and_deactivation(driver: Driver) -> None:
         menu = driver.tg.commands({"type": "chat", "chat_id": WANG.tg_id})
         assert "members" in {c["command"] for c in menu}
         default = driver.tg.commands()
-        assert "members" not in {c["command"] for c in default} and "me" in {c["command"] for c in default}
+        assert "members" not in {c["command"] for c in default} and "me" in {
+            c["command"] for c in default
+        }
 
 
 async def test_language_choice(driver: Driver) -> None:
@@ -201,7 +218,14 @@ async def test_members_list_pages(driver: Driver) -> None:
         admin = await session.scalar(select(Member).where(Member.name == ADMIN.name))
         assert admin is not None
         for i in range(25):
-            session.add(Member(organisation_id=admin.organisation_id, branch_id=admin.branch_id, name=f"成员{i:02d}", joined_at=driver.clock.now()))
+            session.add(
+                Member(
+                    organisation_id=admin.organisation_id,
+                    branch_id=admin.branch_id,
+                    name=f"成员{i:02d}",
+                    joined_at=driver.clock.now(),
+                )
+            )
     shown = await driver.send(ADMIN, "/members general-affairs")
     assert "1/2" in texts(shown)
     shown = await driver.press(ADMIN, shown[-1], "▶")
