@@ -20,8 +20,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check bot adapters tests bench
-	$(BIN)/ruff format --check bot adapters tests bench
+	$(BIN)/ruff check bot adapters tests bench tools
+	$(BIN)/ruff format --check bot adapters tests bench tools
 	$(BIN)/mypy
 
 bench: $(STAMP)
