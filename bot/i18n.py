@@ -7,8 +7,8 @@ in the repository.
 
 from __future__ import annotations
 
-import io
 import datetime as dt
+import io
 from functools import cache
 from pathlib import Path
 from typing import Any

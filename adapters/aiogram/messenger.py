@@ -1,0 +1,395 @@
+"""The Telegram adapter on aiogram 3.
+
+aiogram is used as a transport only: one message handler and one callback-query handler
+turn updates into port events; FSM storage is switched off because conversation state
+lives in the database. Updates are handled concurrently (aiogram's default), which the
+core tolerates through unique constraints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ChatType, ParseMode
+from aiogram.exceptions import (
+    AiogramError,
+    ClientDecodeError,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import (
+    BotCommand,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    TelegramObject,
+    User,
+)
+
+from adapters import telegram_html as tg
+from bot.messenger import (
+    Button,
+    ButtonPress,
+    Capabilities,
+    CommandInfo,
+    Event,
+    EventHandler,
+    MessengerError,
+    OutMessage,
+    Sender,
+    SentRef,
+    TextMessage,
+    UnsupportedMessage,
+)
+
+log = logging.getLogger(__name__)
+
+# aiogram raises one subclass per HTTP status. They are checked before the catch-all
+# TelegramNetworkError because TelegramEntityTooLarge (a 413) subclasses it.
+_STATUS: tuple[tuple[type[TelegramAPIError], int], ...] = (
+    (TelegramBadRequest, 400),
+    (TelegramUnauthorizedError, 401),
+    (TelegramForbiddenError, 403),
+    (TelegramNotFound, 404),
+    (TelegramConflictError, 409),
+    (TelegramEntityTooLarge, 413),
+    (TelegramServerError, 500),
+)
+
+
+def to_port_error(exc: AiogramError) -> MessengerError:
+    """Translate an aiogram exception into the port's error."""
+    if isinstance(exc, TelegramRetryAfter):
+        return tg.to_messenger_error(429, exc.message, retry_after=exc.retry_after)
+    if isinstance(exc, TelegramMigrateToChat):
+        return tg.to_messenger_error(400, exc.message, migrate_to_chat_id=exc.migrate_to_chat_id)
+    if isinstance(exc, ClientDecodeError):
+        # A body that is not the Bot API's JSON: a proxy's error page, a half-read reply.
+        return tg.to_messenger_error(None, str(exc))
+    if isinstance(exc, TelegramAPIError):
+        for cls, status in _STATUS:
+            if isinstance(exc, cls):
+                return tg.to_messenger_error(status, exc.message)
+        if isinstance(exc, TelegramNetworkError):
+            return tg.to_messenger_error(None, exc.message)
+        return MessengerError(exc.message)
+    return MessengerError(str(exc))
+
+
+@contextmanager
+def _port_errors() -> Iterator[None]:
+    try:
+        yield
+    except AiogramError as exc:
+        raise to_port_error(exc) from exc
+
+
+def _sender(user: User) -> Sender:
+    return Sender(
+        platform=tg.PLATFORM,
+        user_id=str(user.id),
+        display_name=user.full_name,
+        username=user.username,
+        language_code=user.language_code,
+    )
+
+
+def _message_event(message: Message) -> Event | None:
+    user = message.from_user
+    if user is None:  # channel posts and anonymous group admins have no person behind them
+        return None
+    sender = _sender(user)
+    chat_id = str(message.chat.id)
+    private = message.chat.type == ChatType.PRIVATE
+    if message.text is not None:
+        return TextMessage(
+            sender=sender,
+            chat_id=chat_id,
+            text=message.text,
+            message_id=str(message.message_id),
+            private=private,
+        )
+    kind = tg.unsupported_kind(message)
+    if kind is None:
+        return None
+    return UnsupportedMessage(sender=sender, chat_id=chat_id, kind=kind, private=private)
+
+
+def _press_event(query: CallbackQuery) -> ButtonPress | None:
+    # Presses on inline-mode messages have no chat, and game buttons have no data: the
+    # core sent neither, so there is nothing to route.
+    if query.data is None or query.message is None:
+        return None
+    return ButtonPress(
+        sender=_sender(query.from_user),
+        chat_id=str(query.message.chat.id),
+        data=query.data,
+        press_id=query.id,
+        message_id=str(query.message.message_id),
+        private=query.message.chat.type == ChatType.PRIVATE,
+    )
+
+
+def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
+    if not rows:
+        return None
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [InlineKeyboardButton(text=b.label, callback_data=b.data) for b in row] for row in rows
+        ]
+    )
+
+
+class AiogramMessenger:
+    """:class:`bot.messenger.Messenger` over aiogram 3, polling getUpdates.
+
+    Sending needs a running instance: the Bot (and its HTTP session) lives from
+    :meth:`start` to :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        api_url: str = "https://api.telegram.org",
+        *,
+        poll_timeout: float = 10.0,
+    ) -> None:
+        # aiogram speaks aiohttp, but anything on httpx in the same process (PTB, for
+        # one) would log request URLs, which carry the token, at INFO.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+        self._token = token
+        self._api_url = api_url.rstrip("/")
+        self._poll_timeout = poll_timeout
+        self._bot: Bot | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._polling: asyncio.Task[None] | None = None
+        self._on_event: EventHandler | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._username: str | None = None
+
+    @property
+    def platform(self) -> str:
+        return tg.PLATFORM
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return tg.TELEGRAM_CAPABILITIES
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self, on_event: EventHandler) -> None:
+        if self._bot is not None:
+            raise RuntimeError("AiogramMessenger is already started")
+        bot = Bot(
+            self._token,
+            session=AiohttpSession(api=TelegramAPIServer.from_base(self._api_url)),
+            default=DefaultBotProperties(parse_mode=ParseMode.HTML, link_preview_is_disabled=True),
+        )
+        self._bot = bot
+        self._on_event = on_event
+        try:
+            with _port_errors():
+                # Also caches getMe for the polling loop, and fails start() on a bad token
+                # instead of leaving polling to retry it forever in the background.
+                me = await bot.me()
+            self._username = me.username
+            dispatcher = Dispatcher(disable_fsm=True)
+            dispatcher.update.outer_middleware(self._track)
+            dispatcher.message.register(self._on_message)
+            dispatcher.callback_query.register(self._on_callback)
+            running = asyncio.Event()
+
+            async def started() -> None:
+                running.set()
+
+            dispatcher.startup.register(started)
+            self._dispatcher = dispatcher
+            self._polling = asyncio.create_task(
+                dispatcher.start_polling(
+                    bot,
+                    handle_signals=False,
+                    polling_timeout=tg.long_poll_seconds(self._poll_timeout),
+                    allowed_updates=list(tg.ALLOWED_UPDATES),
+                    # Handlers still in flight may reply; stop() closes it after them.
+                    close_bot_session=False,
+                ),
+                name="aiogram-polling",
+            )
+            ready = asyncio.create_task(running.wait())
+            await asyncio.wait({self._polling, ready}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if self._polling.done():
+                self._polling.result()  # re-raises why polling could not start
+                raise RuntimeError("aiogram polling ended during start-up")
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        bot, dispatcher, polling = self._bot, self._dispatcher, self._polling
+        if bot is None:
+            return
+        try:
+            if dispatcher is not None and polling is not None and not polling.done():
+                await dispatcher.stop_polling()
+            if polling is not None:
+                try:
+                    await polling
+                except Exception:
+                    log.exception("aiogram polling ended with an error")
+            # Let update tasks spawned just before the stop reach _track.
+            await asyncio.sleep(0)
+            current = asyncio.current_task()
+            pending = [t for t in self._in_flight if t is not current]
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await bot.session.close()
+            self._bot = self._dispatcher = self._polling = None
+            self._on_event = None
+
+    def _bot_or_raise(self) -> Bot:
+        if self._bot is None:
+            raise RuntimeError("AiogramMessenger is not started")
+        return self._bot
+
+    # --- inbound ------------------------------------------------------------------
+
+    async def _on_message(self, message: Message) -> None:
+        event = _message_event(message)
+        if event is not None:
+            await self._deliver(event, message.message_id)
+
+    async def _on_callback(self, query: CallbackQuery) -> None:
+        event = _press_event(query)
+        if event is None:
+            try:
+                await query.answer()
+            except AiogramError as exc:
+                log.debug("could not answer callback query %s: %s", query.id, exc)
+            return
+        await self._deliver(event, query.id)
+
+    async def _deliver(self, event: Event, origin: object) -> None:
+        on_event = self._on_event
+        if on_event is None:
+            return
+        try:
+            await on_event(event)
+        except Exception:
+            # One bad update must not stop polling; the core's own error boundary should
+            # have caught this, so it is logged loudly.
+            log.exception("event handler failed for %s %s", type(event).__name__, origin)
+
+    async def _track(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        update: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        # aiogram runs each update in a task it never awaits; remembering them lets
+        # stop() keep the port's promise that events in flight finish.
+        task = asyncio.current_task()
+        if task is not None and task not in self._in_flight:
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return await handler(update, data)
+
+    # --- outbound -----------------------------------------------------------------
+
+    async def send(self, chat_id: str, message: OutMessage) -> SentRef:
+        tg.check_message(message)
+        bot = self._bot_or_raise()
+        with _port_errors():
+            sent = await bot.send_message(
+                chat_id=tg.chat_id_param(chat_id),
+                text=tg.render(message.text),
+                reply_markup=_markup(message.buttons),
+            )
+        return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
+
+    async def edit(self, ref: SentRef, message: OutMessage) -> None:
+        tg.check_message(message)
+        bot = self._bot_or_raise()
+        try:
+            await bot.edit_message_text(
+                chat_id=tg.chat_id_param(ref.chat_id),
+                message_id=int(ref.message_id),
+                text=tg.render(message.text),
+                reply_markup=_markup(message.buttons),
+            )
+        except TelegramBadRequest as exc:
+            # A double tap re-renders the same screen; the message already shows it.
+            if tg.is_not_modified(exc.message):
+                return
+            raise to_port_error(exc) from exc
+        except AiogramError as exc:
+            raise to_port_error(exc) from exc
+
+    async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
+        bot = self._bot_or_raise()
+        try:
+            await bot.answer_callback_query(
+                callback_query_id=press.press_id, text=tg.notice_text(notice)
+            )
+        except TelegramBadRequest as exc:
+            # Answered already, or the person waited too long: the spinner is gone either
+            # way, and the press itself is still handled.
+            if tg.is_stale_query(exc.message):
+                log.debug("callback query %s too old to answer: %s", press.press_id, exc)
+                return
+            raise to_port_error(exc) from exc
+        except AiogramError as exc:
+            raise to_port_error(exc) from exc
+
+    async def set_commands(
+        self,
+        commands: Sequence[CommandInfo],
+        *,
+        chat_id: str | None = None,
+        language: str | None = None,
+    ) -> None:
+        bot = self._bot_or_raise()
+        scope: BotCommandScopeDefault | BotCommandScopeChat = (
+            BotCommandScopeDefault()
+            if chat_id is None
+            else BotCommandScopeChat(chat_id=tg.chat_id_param(chat_id))
+        )
+        with _port_errors():
+            await bot.set_my_commands(
+                commands=[
+                    BotCommand(command=name, description=description)
+                    for name, description in tg.command_pairs(commands)
+                ],
+                scope=scope,
+                language_code=tg.command_language(language),
+            )
+
+    def invite_link(self, code: str) -> str:
+        if self._username is None:
+            raise RuntimeError("the bot's username is known only after start()")
+        return tg.invite_link(self._username, code)
+
+
+__all__ = ["AiogramMessenger", "to_port_error"]

@@ -1,0 +1,346 @@
+"""The Telegram adapter on python-telegram-bot 22.
+
+PTB is used as a transport only: one catch-all handler turns every update into a port
+event, and no JobQueue, persistence or conversation handler holds product state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from telegram import (
+    BotCommand,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LinkPreviewOptions,
+    Message,
+    Update,
+)
+from telegram.constants import ChatType, ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    EndPointNotFound,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from adapters import telegram_html as tg
+from bot.messenger import (
+    Button,
+    ButtonPress,
+    Capabilities,
+    CommandInfo,
+    Event,
+    EventHandler,
+    MessengerError,
+    OutMessage,
+    Sender,
+    SentRef,
+    TextMessage,
+    UnsupportedMessage,
+)
+
+log = logging.getLogger(__name__)
+
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+def to_port_error(exc: TelegramError) -> MessengerError:
+    """Translate a PTB exception; PTB drops the HTTP status, so it is read off the type."""
+    if isinstance(exc, RetryAfter):
+        # The private timedelta, because the public attribute warns (PTB 22.2 deprecation).
+        return tg.to_messenger_error(429, exc.message, retry_after=exc._retry_after.total_seconds())
+    if isinstance(exc, ChatMigrated):
+        return tg.to_messenger_error(400, exc.message, migrate_to_chat_id=exc.new_chat_id)
+    status: int | None
+    if isinstance(exc, Forbidden):
+        status = 403
+    elif isinstance(exc, BadRequest):  # before NetworkError: BadRequest subclasses it
+        status = 400
+    elif isinstance(exc, InvalidToken):
+        status = 401
+    elif isinstance(exc, EndPointNotFound):
+        status = 404
+    elif isinstance(exc, Conflict):
+        status = 409
+    elif isinstance(exc, NetworkError):
+        # 5xx responses, timeouts and connection failures all land here.
+        status = None
+    else:
+        return MessengerError(exc.message)
+    return tg.to_messenger_error(status, exc.message)
+
+
+@contextmanager
+def _port_errors() -> Iterator[None]:
+    try:
+        yield
+    except TelegramError as exc:
+        raise to_port_error(exc) from exc
+
+
+def _sender(user: Any) -> Sender:
+    return Sender(
+        platform=tg.PLATFORM,
+        user_id=str(user.id),
+        display_name=user.full_name,
+        username=user.username,
+        language_code=user.language_code,
+    )
+
+
+def _message_event(message: Message) -> Event | None:
+    user = message.from_user
+    if user is None:  # channel posts and anonymous group admins have no person behind them
+        return None
+    sender = _sender(user)
+    chat_id = str(message.chat.id)
+    private = message.chat.type == ChatType.PRIVATE
+    if message.text is not None:
+        return TextMessage(
+            sender=sender,
+            chat_id=chat_id,
+            text=message.text,
+            message_id=str(message.message_id),
+            private=private,
+        )
+    kind = tg.unsupported_kind(message)
+    if kind is None:
+        return None
+    return UnsupportedMessage(sender=sender, chat_id=chat_id, kind=kind, private=private)
+
+
+def _press_event(query: CallbackQuery) -> ButtonPress | None:
+    # Presses on inline-mode messages have no chat, and game buttons have no data: the
+    # core sent neither, so there is nothing to route.
+    if query.data is None or query.message is None:
+        return None
+    return ButtonPress(
+        sender=_sender(query.from_user),
+        chat_id=str(query.message.chat.id),
+        data=query.data,
+        press_id=query.id,
+        message_id=str(query.message.message_id),
+        private=query.message.chat.type == ChatType.PRIVATE,
+    )
+
+
+def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
+    if not rows:
+        return None
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(b.label, callback_data=b.data) for b in row] for row in rows]
+    )
+
+
+class PTBMessenger:
+    """:class:`bot.messenger.Messenger` over python-telegram-bot, polling getUpdates.
+
+    Sending needs a running instance: the Application (and its HTTP client) lives from
+    :meth:`start` to :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        api_url: str = "https://api.telegram.org",
+        *,
+        poll_timeout: float = 10.0,
+    ) -> None:
+        # httpx logs each request URL at INFO, and the URL carries the bot token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+        self._token = token
+        self._api_url = api_url.rstrip("/")
+        self._poll_timeout = poll_timeout
+        self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._on_event: EventHandler | None = None
+        self._username: str | None = None
+
+    @property
+    def platform(self) -> str:
+        return tg.PLATFORM
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return tg.TELEGRAM_CAPABILITIES
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self, on_event: EventHandler) -> None:
+        if self._app is not None:
+            raise RuntimeError("PTBMessenger is already started")
+        app = (
+            ApplicationBuilder()
+            .token(self._token)
+            .base_url(f"{self._api_url}/bot")
+            .base_file_url(f"{self._api_url}/file/bot")
+            # PTB builds a JobQueue whenever APScheduler is importable; schedules live in
+            # the database instead.
+            .job_queue(None)
+            # Measured: concurrent update processing made PTB slower here.
+            .concurrent_updates(False)
+            .build()
+        )
+        app.add_handler(TypeHandler(Update, self._on_update))
+        self._on_event = on_event
+        self._app = app
+        try:
+            with _port_errors():
+                await app.initialize()
+                self._username = app.bot.username
+                await app.start()
+                if app.updater is None:
+                    raise RuntimeError("ApplicationBuilder made no Updater")
+                await app.updater.start_polling(
+                    poll_interval=0,
+                    timeout=dt.timedelta(seconds=tg.long_poll_seconds(self._poll_timeout)),
+                    allowed_updates=list(tg.ALLOWED_UPDATES),
+                )
+        except BaseException:
+            await self._teardown(app)
+            raise
+
+    async def stop(self) -> None:
+        app = self._app
+        if app is None:
+            return
+        await self._teardown(app)
+
+    async def _teardown(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        try:
+            if app.updater is not None and app.updater.running:
+                await app.updater.stop()
+            if app.running:
+                # Application.stop drains the update queue, so events in flight finish.
+                await app.stop()
+        finally:
+            await app.shutdown()
+            self._app = None
+            self._on_event = None
+
+    def _bot_app(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        if self._app is None:
+            raise RuntimeError("PTBMessenger is not started")
+        return self._app
+
+    # --- inbound ------------------------------------------------------------------
+
+    async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        on_event = self._on_event
+        if on_event is None:
+            return
+        event: Event | None
+        if update.callback_query is not None:
+            event = _press_event(update.callback_query)
+            if event is None:
+                await self._answer_quietly(update.callback_query.id)
+                return
+        elif update.message is not None:
+            event = _message_event(update.message)
+        else:
+            return
+        if event is None:
+            return
+        try:
+            await on_event(event)
+        except Exception:
+            # One bad update must not stop polling; the core's own error boundary should
+            # have caught this, so it is logged loudly.
+            log.exception("event handler failed for update %s", update.update_id)
+
+    async def _answer_quietly(self, query_id: str) -> None:
+        try:
+            await self._bot_app().bot.answer_callback_query(query_id)
+        except TelegramError as exc:
+            log.debug("could not answer callback query %s: %s", query_id, exc)
+
+    # --- outbound -----------------------------------------------------------------
+
+    async def send(self, chat_id: str, message: OutMessage) -> SentRef:
+        tg.check_message(message)
+        bot = self._bot_app().bot
+        with _port_errors():
+            sent = await bot.send_message(
+                chat_id=tg.chat_id_param(chat_id),
+                text=tg.render(message.text),
+                parse_mode=ParseMode.HTML,
+                link_preview_options=_NO_PREVIEW,
+                reply_markup=_markup(message.buttons),
+            )
+        return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
+
+    async def edit(self, ref: SentRef, message: OutMessage) -> None:
+        tg.check_message(message)
+        bot = self._bot_app().bot
+        try:
+            await bot.edit_message_text(
+                chat_id=tg.chat_id_param(ref.chat_id),
+                message_id=int(ref.message_id),
+                text=tg.render(message.text),
+                parse_mode=ParseMode.HTML,
+                link_preview_options=_NO_PREVIEW,
+                reply_markup=_markup(message.buttons),
+            )
+        except BadRequest as exc:
+            # A double tap re-renders the same screen; the message already shows it.
+            if tg.is_not_modified(exc.message):
+                return
+            raise to_port_error(exc) from exc
+        except TelegramError as exc:
+            raise to_port_error(exc) from exc
+
+    async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
+        bot = self._bot_app().bot
+        try:
+            await bot.answer_callback_query(press.press_id, text=tg.notice_text(notice))
+        except BadRequest as exc:
+            # Answered already, or the person waited too long: the spinner is gone either
+            # way, and the press itself is still handled.
+            if tg.is_stale_query(exc.message):
+                log.debug("callback query %s too old to answer: %s", press.press_id, exc)
+                return
+            raise to_port_error(exc) from exc
+        except TelegramError as exc:
+            raise to_port_error(exc) from exc
+
+    async def set_commands(
+        self,
+        commands: Sequence[CommandInfo],
+        *,
+        chat_id: str | None = None,
+        language: str | None = None,
+    ) -> None:
+        bot = self._bot_app().bot
+        scope = (
+            BotCommandScopeDefault()
+            if chat_id is None
+            else BotCommandScopeChat(tg.chat_id_param(chat_id))
+        )
+        with _port_errors():
+            await bot.set_my_commands(
+                [BotCommand(name, description) for name, description in tg.command_pairs(commands)],
+                scope=scope,
+                language_code=tg.command_language(language),
+            )
+
+    def invite_link(self, code: str) -> str:
+        if self._username is None:
+            raise RuntimeError("the bot's username is known only after start()")
+        return tg.invite_link(self._username, code)
+
+
+__all__ = ["PTBMessenger", "to_port_error"]

@@ -1,0 +1,253 @@
+"""What both Telegram adapters share: HTML rendering, capabilities, errors, limits.
+
+Nothing here imports a messenger library, so the python-telegram-bot and aiogram adapters
+stay thin translations of the same rules and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from bot.messenger import (
+    Button,
+    Capabilities,
+    CommandInfo,
+    MessengerError,
+    OutMessage,
+    RateLimited,
+    RecipientUnreachable,
+    TransientFailure,
+)
+from bot.text import Rich, Style, units
+
+PLATFORM = "telegram"
+
+TELEGRAM_CAPABILITIES = Capabilities(
+    inline_buttons=True,
+    message_edit=True,
+    quiz_polls=True,
+    documents=True,
+    photos=True,
+    command_menu=True,
+    max_text_length=4096,
+    max_button_data=64,
+    send_rate=30.0,
+    per_chat_rate=1.0,
+)
+
+# Update kinds the adapters ask getUpdates for; everything else (edits, channel posts,
+# member changes) is noise to the core.
+ALLOWED_UPDATES = ("message", "callback_query")
+
+# Callback-query toasts are cut off by Telegram with a 400 beyond this many characters.
+MAX_NOTICE_LENGTH = 200
+
+_LINK_SCHEMES = frozenset({"http", "https", "tg"})
+_TAGS = {Style.BOLD: "b", Style.ITALIC: "i", Style.CODE: "code"}
+
+
+# --- rendering --------------------------------------------------------------------
+
+
+def _escape(text: str) -> str:
+    # Only the three characters Telegram's HTML parser treats specially; quotes in text
+    # are fine and escaping them would only bloat the 4096-unit budget's raw size.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_attr(value: str) -> str:
+    return _escape(value).replace('"', "&quot;")
+
+
+def safe_link_url(url: str | None) -> str | None:
+    """``url`` if Telegram may render it as a link, else ``None``.
+
+    Content packs and user-supplied text reach links, so ``javascript:``, relative paths
+    and anything with whitespace or control characters are refused rather than passed on
+    for Telegram to reject the whole message.
+    """
+    if not url or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _LINK_SCHEMES:
+        return None
+    if scheme in ("http", "https") and not parts.netloc:
+        return None
+    return url
+
+
+def render(rich: Rich) -> str:
+    """Telegram HTML for ``rich``; unsafe links degrade to their plain text."""
+    out: list[str] = []
+    for span in rich.spans:
+        if not span.text:
+            continue
+        text = _escape(span.text)
+        if span.style is Style.LINK:
+            url = safe_link_url(span.url)
+            out.append(f'<a href="{_escape_attr(url)}">{text}</a>' if url else text)
+        elif span.style in _TAGS:
+            tag = _TAGS[span.style]
+            out.append(f"<{tag}>{text}</{tag}>")
+        else:
+            out.append(text)
+    return "".join(out)
+
+
+def long_poll_seconds(poll_timeout: float) -> int:
+    """getUpdates ``timeout`` for a configured poll timeout.
+
+    The Bot API takes whole seconds, and 0 would turn long polling into a busy loop.
+    """
+    return max(1, round(poll_timeout))
+
+
+def invite_link(username: str, code: str) -> str:
+    """The deep link that opens the bot and sends ``/start <code>``."""
+    return f"https://t.me/{username}?start={code}"
+
+
+# --- outbound checks --------------------------------------------------------------
+
+
+def check_message(message: OutMessage) -> None:
+    """Refuse locally what Telegram would refuse with a 400, with a clearer reason."""
+    text = message.text.plain
+    if not text.strip():
+        raise MessengerError("message text is empty")
+    length = units(text)
+    if length > TELEGRAM_CAPABILITIES.max_text_length:
+        raise MessengerError(
+            f"message text is {length} units, over the limit of "
+            f"{TELEGRAM_CAPABILITIES.max_text_length}; split it first"
+        )
+    check_buttons(message.buttons)
+
+
+def check_buttons(rows: Sequence[Sequence[Button]]) -> None:
+    limit = TELEGRAM_CAPABILITIES.max_button_data
+    for row in rows:
+        for button in row:
+            size = len(button.data.encode("utf-8"))
+            if not 1 <= size <= limit:
+                raise MessengerError(
+                    f"button data must be 1-{limit} bytes, got {size} for {button.label!r}"
+                )
+            if not button.label.strip():
+                raise MessengerError("button label is empty")
+
+
+def notice_text(notice: str | None) -> str | None:
+    if notice is None or len(notice) <= MAX_NOTICE_LENGTH:
+        return notice
+    return notice[: MAX_NOTICE_LENGTH - 1] + "…"
+
+
+def chat_id_param(chat_id: str) -> int | str:
+    """Numeric ids as integers; ``@channel`` names pass through unchanged."""
+    digits = chat_id[1:] if chat_id.startswith("-") else chat_id
+    return int(chat_id) if digits.isdigit() else chat_id
+
+
+def command_language(language: str | None) -> str | None:
+    """Telegram wants a bare ISO 639-1 code: ``zh_CN`` and ``zh-hans`` both become ``zh``."""
+    if not language:
+        return None
+    return language.replace("_", "-").split("-", 1)[0].lower() or None
+
+
+def command_pairs(commands: Sequence[CommandInfo]) -> list[tuple[str, str]]:
+    return [(c.name.lstrip("/"), c.description) for c in commands]
+
+
+# --- inbound ----------------------------------------------------------------------
+
+# Message fields that mean "a person sent something that is not text", in the order to
+# test them: an animation also carries ``document`` and a venue also carries ``location``,
+# so the more specific field comes first. Service messages (members joining, pins...)
+# match none of these and are ignored rather than answered.
+UNSUPPORTED_KINDS = (
+    "animation",
+    "photo",
+    "video",
+    "video_note",
+    "voice",
+    "audio",
+    "document",
+    "sticker",
+    "venue",
+    "location",
+    "contact",
+    "poll",
+    "dice",
+    "game",
+    "story",
+    "paid_media",
+    "checklist",
+)
+
+
+def unsupported_kind(message: object) -> str | None:
+    """Which of :data:`UNSUPPORTED_KINDS` a PTB or aiogram ``Message`` carries, if any."""
+    for kind in UNSUPPORTED_KINDS:
+        if getattr(message, kind, None):
+            return kind
+    return None
+
+
+# --- errors -----------------------------------------------------------------------
+
+_UNREACHABLE_400 = (
+    "chat not found",
+    "user not found",
+    "user is deactivated",
+    "bot can't initiate",
+    "bot was blocked",
+    "bot was kicked",
+    "peer_id_invalid",
+)
+
+
+def to_messenger_error(
+    status: int | None,
+    description: str = "",
+    *,
+    retry_after: float | None = None,
+    migrate_to_chat_id: int | None = None,
+) -> MessengerError:
+    """The port's error for a failed Bot API call.
+
+    ``status`` is the HTTP status, or ``None`` when no response arrived (timeout, refused
+    connection, reset), which is always worth retrying.
+    """
+    if retry_after is not None or status == 429:
+        wait = float(retry_after) if retry_after is not None else 1.0
+        return RateLimited(wait, description or "rate limited")
+    if migrate_to_chat_id is not None:
+        # The core has no notion of a chat moving yet; the id is kept for whoever reads
+        # the delivery's failure reason.
+        return MessengerError(
+            f"{description or 'group migrated to a supergroup'}; new chat id {migrate_to_chat_id}"
+        )
+    if status is None or status >= 500:
+        return TransientFailure(description or "network failure")
+    if status == 403:
+        return RecipientUnreachable(description or "forbidden")
+    lowered = description.lower()
+    if status == 400 and any(marker in lowered for marker in _UNREACHABLE_400):
+        return RecipientUnreachable(description)
+    return MessengerError(description or f"HTTP {status}")
+
+
+def is_not_modified(description: str) -> bool:
+    return "message is not modified" in description.lower()
+
+
+def is_stale_query(description: str) -> bool:
+    lowered = description.lower()
+    return "query is too old" in lowered or "query id is invalid" in lowered
