@@ -1,0 +1,118 @@
+"""``python -m bench``: run the benchmarks, print a table, optionally write JSON.
+
+The exit status is 0 whatever the ratios are (a benchmark is a measurement, not a test)
+and non-zero only when a benchmark could not measure: a wrong or missing reply, a
+timeout, a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from . import me_roundtrip
+from .harness import BenchError, Comparison, print_comparison, quiet_logging, write_json
+
+Suite = Callable[..., Awaitable[Comparison]]
+
+BENCHMARKS: dict[str, Suite] = {
+    me_roundtrip.NAME: me_roundtrip.run,
+}
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure Zhibu against bare-library floors on the fake Telegram server.",
+    )
+    parser.add_argument(
+        "benchmarks",
+        nargs="*",
+        metavar="BENCHMARK",
+        help=f"which to run (default: all of {', '.join(BENCHMARKS)})",
+    )
+    parser.add_argument(
+        "--updates", type=_positive, default=2000, help="updates per measured run (2000)"
+    )
+    parser.add_argument(
+        "--users", type=_positive, default=200, help="distinct Telegram users sending them (200)"
+    )
+    parser.add_argument(
+        "--repeats", type=_positive, default=3, help="measured runs per side; median (3)"
+    )
+    parser.add_argument(
+        "--warmup-updates",
+        type=_positive,
+        default=300,
+        help="updates in the one unmeasured warm-up run per side (300)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    return args
+
+
+async def _run_all(args: argparse.Namespace, console: Console) -> list[Comparison]:
+    names = args.benchmarks or list(BENCHMARKS)
+    results = []
+    for name in names:
+        if not args.quiet:
+            console.print(f"[bold]{name}[/bold]")
+
+        def progress(line: str) -> None:
+            console.print(line, markup=False, highlight=False)
+
+        comparison = await BENCHMARKS[name](
+            updates=args.updates,
+            users=args.users,
+            repeats=args.repeats,
+            warmup_updates=args.warmup_updates,
+            progress=None if args.quiet else progress,
+        )
+        results.append(comparison)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_logging()
+    console = Console()
+    started = time.perf_counter()
+    try:
+        comparisons = asyncio.run(_run_all(args, console))
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        console.print_exception()
+        return 1
+    console.print()
+    for comparison in comparisons:
+        print_comparison(console, comparison)
+    if args.json is not None:
+        write_json(args.json, comparisons)
+        console.print(f"results written to {args.json}", highlight=False)
+    console.print(f"total {time.perf_counter() - started:.0f} s", highlight=False, style="dim")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
