@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.broadcast import BroadcastSender, SendBudget
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
 from bot.db.engine import create_engine, create_sessionmaker
 from bot.db.models import Role
-from bot.features import join, profile, roster
-from bot.i18n import LANGUAGES, Translator
+from bot.features import deliveries, join, notices, profile, roster
+from bot.i18n import LANGUAGES, translator
 from bot.messenger import Messenger
 from bot.routing import Dispatcher, Router
+from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ ADAPTER_MODULES = {
 
 def build_router() -> Router:
     root = Router()
-    for feature in (profile.router, join.router, roster.router):
+    for feature in (profile.router, join.router, roster.router, notices.router, deliveries.router):
         root.include(feature)
     return root
 
@@ -60,6 +64,9 @@ class App:
         self.sessionmaker = create_sessionmaker(self.engine)
         self.router = build_router()
         self.dispatcher: Dispatcher | None = None
+        self.sender: BroadcastSender | None = None
+        self.scheduler: Scheduler | None = None
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     async def prepare(self) -> Dispatcher:
         """Load the content pack into the database and build the dispatcher."""
@@ -67,23 +74,45 @@ class App:
         async with self.sessionmaker.begin() as session:
             org = await sync_pack(session, pack, self.clock.now())
             home = await admin_branch_id(session, pack, org)
-            info = OrgInfo(org.id, org.code, org.name, org.timezone, home)
+            info = OrgInfo(org.id, org.code, org.name, org.name_en, org.timezone, home)
+        capabilities = self.messenger.capabilities
         services = Services(
             settings=self.settings,
             platform=self.messenger.platform,
-            capabilities=self.messenger.capabilities,
+            capabilities=capabilities,
             org=info,
             router=self.router,
             invite_link=self.messenger.invite_link,
             clock=self.clock,
         )
+        # Stay a little under the platform's limits: its counting window and ours never
+        # line up exactly, and a 429 costs far more than the few percent kept back.
+        budget = SendBudget(capabilities.send_rate * 0.96, capabilities.per_chat_rate)
+        self.sender = BroadcastSender(
+            self.sessionmaker,
+            self.messenger,
+            services,
+            self.router.renderers,
+            budget,
+            worker_id=self.worker_id,
+        )
+        services.wake_sender = self.sender.wake
+        self.scheduler = Scheduler(
+            self.sessionmaker, services, self.router.jobs, worker_id=self.worker_id
+        )
         self.dispatcher = Dispatcher(self.router, services, self.sessionmaker, self.messenger)
         return self.dispatcher
 
-    async def start(self) -> None:
+    async def start(self, *, background: bool = True) -> None:
+        """Connect and run. ``background=False`` leaves the broadcast sender and the
+        scheduler's clock off, for tests that drive them step by step."""
         dispatcher = self.dispatcher or await self.prepare()
         await self.messenger.start(dispatcher.handle)
         await self._default_menus(dispatcher)
+        if background:
+            assert self.sender is not None and self.scheduler is not None
+            self.sender.start()
+            self.scheduler.start(self.settings.scheduler_tick_seconds)
         log.info("Zhibu is running on %s", self.messenger.platform)
 
     async def _default_menus(self, dispatcher: Dispatcher) -> None:
@@ -92,11 +121,15 @@ class App:
         default = self.settings.default_language
         tz = dispatcher.services.org.timezone
         for lang in LANGUAGES:
-            menu = self.router.menu(Role.MEMBER, Translator(lang, tz))
+            menu = self.router.menu(Role.MEMBER, translator(lang, tz))
             language = None if lang == default else lang.split("_")[0]
             await self.messenger.set_commands(menu, language=language)
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.sender is not None:
+            await self.sender.stop()
         await self.messenger.stop()
         if self._own_engine:
             await self.engine.dispose()

@@ -7,11 +7,13 @@ names the setting in its environment-variable form.
 
 from __future__ import annotations
 
+import json
+from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ZHIBU_"
 DEFAULT_CONTENT = Path(__file__).resolve().parent.parent / "content" / "party"
@@ -61,11 +63,44 @@ class TelegramSettings(BaseModel):
 class InviteSettings(BaseModel):
     ttl_hours: int = Field(default=72, gt=0, le=24 * 90)
     max_uses: int = Field(default=50, gt=0, le=10_000)
+    # Secretary and admin invites: short-lived and single-use by default, because a
+    # forwarded link must not make many of them.
+    privileged_ttl_hours: int = Field(default=24, gt=0, le=24 * 90)
+    privileged_max_uses: int = Field(default=1, gt=0, le=100)
     # More than ``max_failures`` wrong codes within ``failure_window_minutes`` locks the
     # person out for ``lockout_minutes``.
     max_failures: int = Field(default=5, gt=0)
     failure_window_minutes: int = Field(default=10, gt=0)
     lockout_minutes: int = Field(default=60, gt=0)
+
+
+class NoticeSettings(BaseModel):
+    # Reminders before a notice starts, to those attending and those who have not answered.
+    reminder_hours: list[int] = [24, 1]
+    # How long a check-in code stays valid after the secretary shows it.
+    checkin_minutes: int = Field(default=120, gt=0, le=24 * 60)
+
+    @field_validator("reminder_hours")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(hours <= 0 for hours in value):
+            raise ValueError("hours must be positive")
+        return sorted(set(value), reverse=True)
+
+
+class NudgeSettings(BaseModel):
+    # Reminders to members who have not taken part, this many hours before a deadline;
+    # then a digest naming them to their secretary, then a per-branch summary to admins.
+    member_hours: list[int] = [48, 6]
+    secretary_hours: int = Field(default=24, gt=0)
+    admin_hours: int = Field(default=12, gt=0)
+    max_per_member_per_day: int = Field(default=2, ge=1)
+    # No nudges between these local times, nor on public holidays; they move to the next
+    # allowed moment (or the last one before the deadline).
+    quiet_start: time = time(22, 0)
+    quiet_end: time = time(8, 0)
+    skip_holidays: bool = True
+    holiday_country: str = "CN"
 
 
 class Settings(BaseSettings):
@@ -82,12 +117,32 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     telegram: TelegramSettings = TelegramSettings()
     invite: InviteSettings = InviteSettings()
+    notices: NoticeSettings = NoticeSettings()
+    nudges: NudgeSettings = NudgeSettings()
     content_path: Path = DEFAULT_CONTENT
     # Messenger identities that become admins on first contact, as "platform:user_id",
     # e.g. ["telegram:123456789"]. The console's default user is "admin".
-    admins: list[str] = ["console:admin"]
+    admins: Annotated[list[str], NoDecode] = ["console:admin"]
     default_language: Literal["zh_CN", "en"] = "zh_CN"
+    # How often due work (reminders, nudges) is looked for, in seconds.
+    scheduler_tick_seconds: float = Field(default=15.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _admin_list(cls, value: object) -> object:
+        # People write telegram:1,telegram:2 as often as a JSON list; accept both.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError(
+                        'not a valid JSON list; write ["telegram:123"] or telegram:123,telegram:456'
+                    ) from None
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
 
     @field_validator("admins")
     @classmethod

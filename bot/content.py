@@ -112,14 +112,20 @@ async def sync_pack(session: AsyncSession, pack: Pack, now: datetime) -> Organis
         org = Organisation(
             code=spec.organisation.code,
             name=spec.organisation.name,
+            name_en=spec.organisation.name_en,
             timezone=spec.organisation.timezone,
             created_at=now,
         )
         session.add(org)
         await session.flush()
         changes.append("organisation created")
-    elif (org.name, org.timezone) != (spec.organisation.name, spec.organisation.timezone):
-        org.name, org.timezone = spec.organisation.name, spec.organisation.timezone
+    elif (org.name, org.name_en, org.timezone) != (
+        spec.organisation.name,
+        spec.organisation.name_en,
+        spec.organisation.timezone,
+    ):
+        org.name, org.name_en = spec.organisation.name, spec.organisation.name_en
+        org.timezone = spec.organisation.timezone
         changes.append("organisation updated")
     existing = {
         b.code: b

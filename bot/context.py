@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.db.models import AuditLog, Conversation, Member, MemberIdentity
-from bot.i18n import Translator
-from bot.messenger import Button, ButtonPress, Capabilities, Event, OutMessage, Sender
+from bot.db.models import AuditLog, Broadcast, Conversation, DueJob, Member, MemberIdentity
+from bot.i18n import Translator, translator
+from bot.messenger import Button, ButtonPress, Capabilities, Event, OutMessage, Sender, SentRef
 from bot.text import Rich, as_rich
 
 if TYPE_CHECKING:
@@ -30,8 +30,12 @@ class OrgInfo:
     id: int
     code: str
     name: str
+    name_en: str | None
     timezone: str
     admin_branch_id: int
+
+    def label(self, t: Translator) -> str:
+        return self.name_en if t.lang != "zh_CN" and self.name_en else self.name
 
 
 @dataclass(slots=True)
@@ -45,6 +49,9 @@ class Services:
     router: Router
     invite_link: Any  # Callable[[str], str]; Any keeps dataclass slots simple
     clock: Any  # bot.clock.Clock
+    # Called after a transaction that created deliveries commits, so they go out now
+    # rather than at the sender's next poll.
+    wake_sender: Any = None  # Callable[[], None] | None
 
     def is_configured_admin(self, sender: Sender) -> bool:
         return f"{sender.platform}:{sender.user_id}" in self.settings.admins
@@ -57,6 +64,18 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace a message the bot sent earlier (a keyboard that changed state)."""
+
+    ref: SentRef
+    message: OutMessage
+
+    @property
+    def chat_id(self) -> str:
+        return self.ref.chat_id
+
+
+@dataclass(frozen=True, slots=True)
 class MenuUpdate:
     """Refresh one chat's command menu for a member's role and language."""
 
@@ -65,11 +84,50 @@ class MenuUpdate:
     role: str | None
 
 
-Outgoing = Reply | MenuUpdate
+Outgoing = Reply | Edit | MenuUpdate
 
 
 class InvalidButton(Exception):
     """Raised by handlers when button data is malformed, stale or not this person's."""
+
+
+@dataclass
+class WorkContext:
+    """What background work gets: scheduled jobs and broadcast renderers."""
+
+    session: AsyncSession
+    services: Services
+    now: datetime
+
+    def translator(self, language: str | None) -> Translator:
+        return translator(
+            language or self.services.settings.default_language, self.services.org.timezone
+        )
+
+
+@dataclass
+class RenderContext(WorkContext):
+    """Rendering one broadcast for one language (and, rarely, one recipient's payload)."""
+
+    broadcast: Broadcast = field(kw_only=True)
+    t: Translator = field(kw_only=True)
+    payload: dict[str, Any] | None = field(default=None, kw_only=True)
+
+    def button(self, label: str, *parts: str | int) -> Button:
+        return make_button(self.services.capabilities, label, *parts)
+
+
+@dataclass
+class JobContext(WorkContext):
+    job: DueJob = field(kw_only=True)
+
+
+def make_button(capabilities: Capabilities, label: str, *parts: str | int) -> Button:
+    """A button whose data routes back to a handler; sizes are checked here."""
+    data = ":".join(str(p) for p in parts)
+    if len(data.encode()) > capabilities.max_button_data:
+        raise ValueError(f"button data {data!r} exceeds {capabilities.max_button_data} bytes")
+    return Button(label, data)
 
 
 @dataclass
@@ -87,6 +145,8 @@ class Context:
     parts: list[str] = field(default_factory=list)
     outbox: list[Outgoing] = field(default_factory=list)
     toast: str | None = None
+    # Set when the handler created deliveries; the dispatcher wakes the sender after commit.
+    created_deliveries: bool = False
 
     # --- who and where -------------------------------------------------------------
 
@@ -112,12 +172,17 @@ class Context:
         self.outbox.append(Reply(self.chat_id, OutMessage(as_rich(text), buttons)))
 
     def button(self, label: str, *parts: str | int) -> Button:
-        """A button whose data routes back to a handler; sizes are checked here."""
-        data = ":".join(str(p) for p in parts)
-        limit = self.services.capabilities.max_button_data
-        if len(data.encode()) > limit:
-            raise ValueError(f"button data {data!r} exceeds {limit} bytes")
-        return Button(label, data)
+        return make_button(self.services.capabilities, label, *parts)
+
+    def show(self, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()) -> None:
+        """Update the message whose button was pressed, where the messenger can edit;
+        otherwise send a new one. For keyboards that change as people press them."""
+        press = self.press
+        if press is not None and press.message_id and self.services.capabilities.message_edit:
+            ref = SentRef(press.chat_id, press.message_id)
+            self.outbox.append(Edit(ref, OutMessage(as_rich(text), buttons)))
+        else:
+            self.reply(text, buttons)
 
     async def notify(
         self, member: Member, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()
@@ -141,7 +206,7 @@ class Context:
 
     def translator_for(self, member: Member) -> Translator:
         lang = member.language or self.services.settings.default_language
-        return Translator(lang, self.services.org.timezone)
+        return translator(lang, self.services.org.timezone)
 
     async def refresh_menu(self, member: Member) -> None:
         chat_id = await self.chat_of(member)
@@ -197,6 +262,25 @@ class Context:
             self.conversation = conv
         else:
             conv.flow, conv.step, conv.data, conv.updated_at = flow, step, data or {}, self.now
+
+    async def claim_flow(self, flow: str) -> dict[str, Any] | None:
+        """Close this person's open ``flow`` conversation and return its data; None when
+        there is none, e.g. because the first of two quick taps already closed it. The
+        DELETE … RETURNING makes the second tap lose, on any database."""
+        result = await self.session.execute(
+            delete(Conversation)
+            .where(
+                Conversation.platform == self.sender.platform,
+                Conversation.platform_user_id == self.sender.user_id,
+                Conversation.flow == flow,
+            )
+            .returning(Conversation.data)
+        )
+        data = result.scalar_one_or_none()
+        if self.conversation is not None and self.conversation in self.session:
+            self.session.expunge(self.conversation)
+        self.conversation = None
+        return data
 
     async def end_flow(self) -> None:
         if await self.get_conversation() is not None:

@@ -55,8 +55,15 @@ def normalise_language(code: str | None, default: str = DEFAULT_LANGUAGE) -> str
     return default
 
 
+@cache
+def translator(lang: str, timezone: str = "Asia/Shanghai") -> Translator:
+    """The shared Translator for a language and zone (building one parses Babel locale
+    data, which is too slow to repeat for every update)."""
+    return Translator(lang, timezone)
+
+
 class Translator:
-    """Everything a handler needs to speak one language."""
+    """Everything a handler needs to speak one language. Use :func:`translator`."""
 
     def __init__(self, lang: str, timezone: str = "Asia/Shanghai") -> None:
         self.lang = lang if lang in LANGUAGES else DEFAULT_LANGUAGE
@@ -79,6 +86,10 @@ class Translator:
 
     def datetime(self, value: dt.datetime) -> str:
         return format_datetime(value, format="medium", tzinfo=self.tz, locale=self.locale)
+
+    def moment(self, value: dt.datetime) -> str:
+        """12月3日 星期四 14:30 — how people say when something happens."""
+        return format_datetime(value, "MMMd EEEE HH:mm", tzinfo=self.tz, locale=self.locale)
 
     def time(self, value: dt.datetime) -> str:
         return format_datetime(value, format="HH:mm", tzinfo=self.tz, locale=self.locale)

@@ -12,14 +12,23 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.context import Context, InvalidButton, MenuUpdate, Reply, Services
+from bot.context import (
+    Context,
+    Edit,
+    InvalidButton,
+    JobContext,
+    MenuUpdate,
+    RenderContext,
+    Reply,
+    Services,
+)
 from bot.db.models import Member, MemberIdentity, Role
-from bot.i18n import N_, Translator, normalise_language
+from bot.i18n import N_, Translator, normalise_language, translator
 from bot.messenger import (
     ButtonPress,
     CommandInfo,
@@ -30,14 +39,15 @@ from bot.messenger import (
     TextMessage,
     UnsupportedMessage,
 )
-from bot.text import split
-
-if TYPE_CHECKING:
-    from bot.db.models import Conversation
+from bot.text import plain, split
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Context], Awaitable[None]]
+# Tried in order for text a member sends outside any command or conversation; True = handled.
+Fallback = Callable[[Context], Awaitable[bool]]
+Renderer = Callable[[RenderContext], Awaitable[OutMessage | None]]
+JobHandler = Callable[[JobContext], Awaitable[None]]
 
 # Longer texts are refused before any handler sees them: nobody types this much, and
 # it keeps pathological input away from parsers and the database.
@@ -56,6 +66,22 @@ class CommandSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowSpec:
+    name: str
+    handler: Handler
+    role: Role | None
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    kind: str
+    handler: JobHandler
+    # How late a job may still run (the bot was down when it came due); later → skipped.
+    grace: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class ButtonSpec:
     prefix: str
     handler: Handler
@@ -67,10 +93,12 @@ class Router:
         self.name = name
         self.commands: dict[str, CommandSpec] = {}
         self.buttons: dict[str, ButtonSpec] = {}
-        self.flows: dict[str, Handler] = {}
+        self.flows: dict[str, FlowSpec] = {}
+        self.renderers: dict[str, Renderer] = {}
+        self.jobs: dict[str, JobSpec] = {}
         self.before: list[Handler] = []
         self.unregistered: Handler | None = None
-        self.fallback: Handler | None = None
+        self.fallbacks: list[Fallback] = []
 
     def command(
         self,
@@ -101,12 +129,40 @@ class Router:
 
         return register
 
-    def flow(self, name: str) -> Callable[[Handler], Handler]:
-        """The handler for free text typed while a conversation of this flow is open."""
+    def flow(
+        self, name: str, *, role: Role | None = Role.MEMBER, ttl: timedelta = timedelta(days=1)
+    ) -> Callable[[Handler], Handler]:
+        """The handler for free text typed while a conversation of this flow is open.
+
+        ``role`` is checked on every step, like a command's: someone demoted half-way
+        through composing cannot finish. A conversation untouched for ``ttl`` is dropped.
+        """
 
         def register(handler: Handler) -> Handler:
             self._claim(self.flows, name)
-            self.flows[name] = handler
+            self.flows[name] = FlowSpec(name, handler, role, ttl)
+            return handler
+
+        return register
+
+    def renderer(self, kind: str) -> Callable[[Renderer], Renderer]:
+        """How broadcasts of this kind look; called once per language (or payload)."""
+
+        def register(render: Renderer) -> Renderer:
+            self._claim(self.renderers, kind)
+            self.renderers[kind] = render
+            return render
+
+        return register
+
+    def job(
+        self, kind: str, *, grace: timedelta = timedelta(hours=1)
+    ) -> Callable[[JobHandler], JobHandler]:
+        """The handler for scheduled work of this kind (rows in ``due_job``)."""
+
+        def register(handler: JobHandler) -> JobHandler:
+            self._claim(self.jobs, kind)
+            self.jobs[kind] = JobSpec(kind, handler, grace)
             return handler
 
         return register
@@ -121,9 +177,15 @@ class Router:
         for flow, handler in other.flows.items():
             self._claim(self.flows, flow)
             self.flows[flow] = handler
+        for kind, render in other.renderers.items():
+            self._claim(self.renderers, kind)
+            self.renderers[kind] = render
+        for kind, job in other.jobs.items():
+            self._claim(self.jobs, kind)
+            self.jobs[kind] = job
         self.before.extend(other.before)
         self.unregistered = other.unregistered or self.unregistered
-        self.fallback = other.fallback or self.fallback
+        self.fallbacks.extend(other.fallbacks)
 
     @staticmethod
     def _claim(table: Mapping[str, object], key: str) -> None:
@@ -140,9 +202,7 @@ class Router:
 
     def menu(self, role: Role | None, t: Translator) -> list[CommandInfo]:
         return [
-            CommandInfo(spec.name, t(spec.summary))
-            for spec in self.available(role)
-            if spec.menu and (spec.role is not None or role is None)
+            CommandInfo(spec.name, t(spec.summary)) for spec in self.available(role) if spec.menu
         ]
 
 
@@ -190,6 +250,9 @@ class Dispatcher:
             await self._progress.wait_for(lambda: self.handled >= count)
 
     async def _handle(self, event: Event) -> None:
+        if not event.private:
+            await self._in_group(event)
+            return
         ctx: Context | None = None
         try:
             async with self.sessionmaker.begin() as session:
@@ -203,7 +266,22 @@ class Dispatcher:
                 t(N_("Sorry, something went wrong and nothing was changed. Please try again."))
             )
             ctx = failed
+        if ctx.created_deliveries and self.services.wake_sender is not None:
+            self.services.wake_sender()
         await self._flush(ctx)
+
+    async def _in_group(self, event: Event) -> None:
+        """Groups see nothing: invites, rosters and joining are private matters, and a
+        group chat id must never become someone's personal address."""
+        t = self._guess_translator(event)
+        advice = t(N_("Please talk to me in a private chat; I don't act on group messages."))
+        try:
+            if isinstance(event, ButtonPress):
+                await self.messenger.answer_press(event, advice)
+            elif isinstance(event, TextMessage) and parse_command(event.text.strip()):
+                await self.messenger.send(event.chat_id, OutMessage(plain(advice)))
+        except MessengerError as exc:
+            log.info("could not answer in a group: %s", exc)
 
     async def _context(self, event: Event, session: AsyncSession) -> Context:
         sender = event.sender
@@ -214,7 +292,7 @@ class Dispatcher:
             )
         )
         member = identity.member if identity is not None else None
-        if identity is not None and identity.chat_id != event.chat_id and event.private:
+        if identity is not None and identity.chat_id != event.chat_id:
             identity.chat_id = event.chat_id
         ctx = Context(
             event,
@@ -230,12 +308,12 @@ class Dispatcher:
 
     def _translator(self, member: Member | None, event: Event) -> Translator:
         if member is not None and member.language:
-            return Translator(member.language, self.services.org.timezone)
+            return translator(member.language, self.services.org.timezone)
         return self._guess_translator(event)
 
     def _guess_translator(self, event: Event) -> Translator:
         default = self.services.settings.default_language
-        return Translator(
+        return translator(
             normalise_language(event.sender.language_code, default), self.services.org.timezone
         )
 
@@ -294,21 +372,32 @@ class Dispatcher:
             if await self._allowed(ctx, spec.role, registered, f"/{name}"):
                 await spec.handler(ctx)
             return
-        conversation = await ctx.get_conversation()
-        if conversation is not None and conversation.flow in self.router.flows:
-            await self._run_flow(ctx, conversation, text)
+        flow = await self._open_flow(ctx)
+        if flow is not None:
+            if await self._allowed(ctx, flow.role, registered, ctx.t(N_("this step"))):
+                ctx.arg_text, ctx.args = text, text.split()
+                await flow.handler(ctx)
+            else:
+                await ctx.end_flow()
             return
         if not registered:
             await self._unregistered(ctx)
-        elif self.router.fallback is not None:
-            await self.router.fallback(ctx)
-        else:
-            ctx.reply(ctx.t(N_("I didn't understand that. /help lists the commands you can use.")))
+            return
+        for fallback in self.router.fallbacks:
+            if await fallback(ctx):
+                return
+        ctx.reply(ctx.t(N_("I didn't understand that. /help lists the commands you can use.")))
 
-    async def _run_flow(self, ctx: Context, conversation: Conversation, text: str) -> None:
-        ctx.arg_text = text
-        ctx.args = text.split()
-        await self.router.flows[conversation.flow](ctx)
+    async def _open_flow(self, ctx: Context) -> FlowSpec | None:
+        """The flow of this person's open conversation, dropping one that went stale."""
+        conversation = await ctx.get_conversation()
+        if conversation is None:
+            return None
+        flow = self.router.flows.get(conversation.flow)
+        if flow is None or conversation.updated_at < ctx.now - flow.ttl:
+            await ctx.end_flow()
+            return None
+        return flow
 
     async def _route_button(self, ctx: Context, press: ButtonPress, registered: bool) -> None:
         prefix, _, rest = press.data.partition(":")
@@ -316,14 +405,15 @@ class Dispatcher:
         if spec is None:
             self._stale(ctx)
             return
-        if not await self._allowed(ctx, spec.role, registered, f"button {prefix}"):
+        if not await self._allowed(ctx, spec.role, registered, ctx.t(N_("this button"))):
             return
         ctx.parts = rest.split(":") if rest else []
+        queued = len(ctx.outbox)
         try:
             async with ctx.session.begin_nested():
                 await spec.handler(ctx)
         except InvalidButton:
-            ctx.outbox.clear()
+            del ctx.outbox[queued:]  # keep what came before, e.g. a new admin's menu
             self._stale(ctx)
 
     def _stale(self, ctx: Context) -> None:
@@ -372,6 +462,8 @@ class Dispatcher:
             try:
                 if isinstance(item, Reply):
                     await self._send(item, limit)
+                elif isinstance(item, Edit):
+                    await self.messenger.edit(item.ref, item.message)
                 elif isinstance(item, MenuUpdate):
                     await self._update_menu(item)
             except MessengerError as exc:
@@ -390,7 +482,7 @@ class Dispatcher:
         if not self.services.capabilities.command_menu:
             return
         role = Role(item.role) if item.role else None
-        t = Translator(item.language, self.services.org.timezone)
+        t = translator(item.language, self.services.org.timezone)
         await self.messenger.set_commands(self.router.menu(role, t), chat_id=item.chat_id)
 
 

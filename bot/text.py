@@ -150,3 +150,12 @@ def _strip_trailing_newline(rich: Rich) -> Rich:
     trimmed = last.text.rstrip("\n")
     head = rich.spans[:-1]
     return Rich((*head, Span(trimmed, last.style, last.url)) if trimmed else head)
+
+
+def to_data(rich: Rich) -> list[list[str | None]]:
+    """A JSON-friendly form, for messages stored in the database until they are sent."""
+    return [[span.text, span.style.value, span.url] for span in rich.spans]
+
+
+def from_data(data: list[list[str | None]]) -> Rich:
+    return Rich(tuple(Span(text or "", Style(style or "plain"), url) for text, style, url in data))

@@ -35,7 +35,7 @@ def test_console_session_from_a_fresh_directory(tmp_path: Path) -> None:
     second = _run(["run"], tmp_path, script)
     assert second.returncode == 0, second.stderr
     out = second.stdout
-    assert "侦查监督党支部" in out and "欢迎你，张伟" in out
+    assert "侦查监督党支部" in out and "欢迎您，张伟" in out
     assert "姓名：张伟" in out
     assert "需要管理员权限" in out
     assert (tmp_path / "zhibu.db").exists()  # the default embedded database

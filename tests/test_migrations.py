@@ -63,3 +63,63 @@ async def test_walk_every_migration_up_and_down(empty_url: str) -> None:
 def test_head_is_single() -> None:
     script = ScriptDirectory.from_config(migrate.alembic_config(""))
     assert len(script.get_heads()) == 1
+
+
+async def test_upgrade_and_downgrade_keep_existing_rows(empty_url: str) -> None:
+    """Data written at the first revision survives every later migration and back."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    first = _revisions()[0]
+    await migrate.upgrade(empty_url, first)
+    engine = create_engine(empty_url)
+    now = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO organisation (id, code, name, timezone, created_at) VALUES (1, 'o', 'O', 'UTC', :now)"
+                ),
+                {"now": now},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO branch (id, organisation_id, code, name, position, active) VALUES (1, 1, 'b', 'B', 0, true)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO member (id, organisation_id, branch_id, name, role, active, joined_at)"
+                    " VALUES (1, 1, 1, '王芳', 'member', true, :now)"
+                ),
+                {"now": now},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO member_identity (member_id, platform, platform_user_id, chat_id, created_at)"
+                    " VALUES (1, 'telegram', '42', '42', :now)"
+                ),
+                {"now": now},
+            )
+        await migrate.upgrade(empty_url)
+        await migrate.downgrade(empty_url, first)
+        await migrate.upgrade(empty_url)
+        async with engine.connect() as conn:
+            names = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT m.name FROM member m JOIN member_identity i ON i.member_id = m.id"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert names == ["王芳"]
+    finally:
+        await engine.dispose()
+    if PG_URL:
+        await _reset_postgres(PG_URL)
+        await migrate.upgrade(PG_URL)

@@ -10,13 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession  # re-export for features
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False, migrating: bool = False) -> AsyncEngine:
+    """``migrating``: for Alembic. On SQLite it turns foreign keys off, because batch
+    migrations rebuild a table by copying and dropping it, which referencing rows would
+    otherwise forbid; :mod:`bot.db.migrate` checks the keys afterwards instead."""
     if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url, echo)
+        return _sqlite_engine(url, echo, foreign_keys=not migrating)
     return create_async_engine(url, echo=echo, pool_pre_ping=True)
 
 
-def _sqlite_engine(url: str, echo: bool) -> AsyncEngine:
+def _sqlite_engine(url: str, echo: bool, *, foreign_keys: bool) -> AsyncEngine:
     engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -24,7 +27,7 @@ def _sqlite_engine(url: str, echo: bool) -> AsyncEngine:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see _on_begin).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()

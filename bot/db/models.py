@@ -62,6 +62,7 @@ class Organisation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str | None] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
     created_at: Mapped[datetime]
 
@@ -77,8 +78,6 @@ class Branch(Base):
     name_en: Mapped[str | None] = mapped_column(String(200))
     position: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(default=True)
-
-    organisation: Mapped[Organisation] = relationship(lazy="joined")
 
 
 class Member(Base):
@@ -192,3 +191,176 @@ class AuditLog(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="ok")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     note: Mapped[str | None] = mapped_column(Text)
+
+
+# --- notices ----------------------------------------------------------------------
+
+
+class NoticeKind(enum.StrEnum):
+    MEETING = "meeting"
+    THEME_DAY = "theme_day"
+    CONGRESS = "congress"
+    STUDY = "study"
+    OTHER = "other"
+
+
+class Notice(Base):
+    __tablename__ = "notice"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ({})".format(", ".join(f"'{k.value}'" for k in NoticeKind)), name="kind"
+        ),
+        CheckConstraint("status IN ('sent', 'cancelled')", name="status"),
+        Index("ix_notice_org_starts", "organisation_id", "starts_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    starts_at: Mapped[datetime]
+    place: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text, default="")
+    rsvp: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[str] = mapped_column(String(16), default="sent")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    checkin_code: Mapped[str | None] = mapped_column(String(8))
+    checkin_until: Mapped[datetime | None]
+
+    branches: Mapped[list[Branch]] = relationship(secondary="notice_branch", lazy="selectin")
+
+
+class NoticeBranch(Base):
+    __tablename__ = "notice_branch"
+
+    notice_id: Mapped[int] = mapped_column(ForeignKey("notice.id"), primary_key=True)
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"), primary_key=True)
+
+
+class Rsvp(Base):
+    """One member's answer to a notice, their leave request, and their attendance."""
+
+    __tablename__ = "rsvp"
+    __table_args__ = (
+        UniqueConstraint("notice_id", "member_id", name="uq_rsvp_notice_member"),
+        CheckConstraint("answer IS NULL OR answer IN ('attend', 'leave')", name="answer"),
+        CheckConstraint(
+            "leave_status IS NULL OR leave_status IN ('pending', 'approved', 'refused')",
+            name="leave_status",
+        ),
+        CheckConstraint(
+            "checkin_method IS NULL OR checkin_method IN ('code', 'secretary', 'offline')",
+            name="checkin_method",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notice_id: Mapped[int] = mapped_column(ForeignKey("notice.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"), index=True)
+    answer: Mapped[str | None] = mapped_column(String(16))
+    answered_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    leave_status: Mapped[str | None] = mapped_column(String(16))
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    decided_at: Mapped[datetime | None]
+    present: Mapped[bool] = mapped_column(default=False)
+    checked_in_at: Mapped[datetime | None]
+    checkin_method: Mapped[str | None] = mapped_column(String(16))
+    checked_in_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+
+
+# --- durable broadcasts -----------------------------------------------------------
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting to be sent (possibly after next_attempt_at)
+    SENDING = "sending"  # claimed by a sender; in flight until lease_until
+    SENT = "sent"
+    FAILED = "failed"  # with a reason in ``error``
+    UNKNOWN = "unknown"  # the sender died mid-send: maybe delivered, maybe not
+
+
+class Broadcast(Base):
+    """One message to many people. Its recipients are materialised as deliveries
+    before the first send, so nobody can be skipped by a crash."""
+
+    __tablename__ = "broadcast"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    # Unique per occurrence ("notice:5:remind:24h"), so a repeated tick creates nothing.
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    subject_id: Mapped[int | None] = mapped_column(index=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    created_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    completed_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("broadcast_id", "member_id", name="uq_delivery_broadcast_member"),
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s.value}'" for s in DeliveryStatus)),
+            name="status",
+        ),
+        Index("ix_delivery_due", "status", "next_attempt_at"),
+        Index("ix_delivery_broadcast_status", "broadcast_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcast.id"))
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("member.id"), index=True)
+    # Resolved when the broadcast is created: who gets it is decided then, not later.
+    chat_id: Mapped[str | None] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None]
+    message_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(String(300))
+
+
+# --- scheduled work ---------------------------------------------------------------
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"  # came due too long ago (the bot was down past the grace window)
+    FAILED = "failed"
+
+
+class DueJob(Base):
+    """ "Do this at T": features write rows, one periodic tick claims and runs them."""
+
+    __tablename__ = "due_job"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus)),
+            name="status",
+        ),
+        Index("ix_due_job_due", "status", "run_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Unique per occurrence, so scheduling the same thing twice is harmless.
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    run_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_until: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(64))
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(String(300))

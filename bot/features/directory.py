@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
@@ -31,14 +32,55 @@ async def branches(ctx: Context) -> Sequence[Branch]:
     return result.all()
 
 
+# What people type for roles, in either language.
+ROLE_WORDS: dict[str, Role] = {
+    "member": Role.MEMBER,
+    "党员": Role.MEMBER,
+    "成员": Role.MEMBER,
+    "secretary": Role.SECRETARY,
+    "书记": Role.SECRETARY,
+    "支部书记": Role.SECRETARY,
+    "admin": Role.ADMIN,
+    "管理员": Role.ADMIN,
+}
+
+
+def parse_role(word: str) -> Role | None:
+    return ROLE_WORDS.get(word.strip().casefold())
+
+
 async def find_branch(ctx: Context, ref: str) -> Branch | None:
-    """By code, Chinese name or English name, ignoring case."""
+    """By code, Chinese or English name (ignoring case), or a part of a name that only
+    one branch has: 公诉 finds 公诉党支部."""
     wanted = ref.strip().casefold()
-    for branch in await branches(ctx):
+    if not wanted:
+        return None
+    candidates = await branches(ctx)
+    for branch in candidates:
         names = {branch.code, branch.name, branch.name_en or ""}
         if wanted in {n.casefold() for n in names if n}:
             return branch
-    return None
+    partial = [
+        b
+        for b in candidates
+        if wanted in b.name.casefold() or wanted in (b.name_en or "").casefold()
+    ]
+    return partial[0] if len(partial) == 1 else None
+
+
+async def branch_list(ctx: Context) -> str:
+    """One line per branch, for error messages that should show the choices."""
+    return "\n".join(f"  {b.code} — {branch_label(b, ctx.t)}" for b in await branches(ctx))
+
+
+async def split_branch(ctx: Context, words: list[str]) -> tuple[str, Branch | None]:
+    """Split "<anything> <branch>" where both parts may contain spaces: the longest
+    trailing words that name a branch are the branch."""
+    for i in range(1, len(words)):
+        branch = await find_branch(ctx, " ".join(words[i:]))
+        if branch is not None:
+            return " ".join(words[:i]), branch
+    return " ".join(words), None
 
 
 async def find_members(ctx: Context, ref: str, *, branch_id: int | None = None) -> list[Member]:
@@ -51,7 +93,7 @@ async def find_members(ctx: Context, ref: str, *, branch_id: int | None = None) 
     if branch_id is not None:
         query = query.where(Member.branch_id == branch_id)
     digits = ref.removeprefix("#")
-    if digits.isdigit() and len(digits) < 10:
+    if re.fullmatch(r"[0-9]{1,9}", digits):
         query = query.where(Member.id == int(digits))
     elif ref.startswith("@") and len(ref) > 1:
         query = query.join(MemberIdentity, MemberIdentity.member_id == Member.id).where(
@@ -63,8 +105,24 @@ async def find_members(ctx: Context, ref: str, *, branch_id: int | None = None) 
     return list(result.unique().all())
 
 
-def member_line(member: Member, t: Translator) -> str:
-    line = f"#{member.id} {member.name} · {role_label(member.role, t)} · {branch_label(member.branch, t)}"
+async def _similar(ctx: Context, ref: str, branch_id: int | None) -> list[Member]:
+    """Members whose name contains what was typed (spaces ignored): 王 → 王芳, 王强."""
+    needle = "".join(ref.split()).lower()
+    if not needle or needle.startswith(("#", "@")):
+        return []
+    query = select(Member).where(
+        Member.organisation_id == ctx.services.org.id,
+        func.replace(func.lower(Member.name), " ", "").contains(needle, autoescape=True),
+    )
+    if branch_id is not None:
+        query = query.where(Member.branch_id == branch_id)
+    return list((await ctx.session.scalars(query.order_by(Member.id).limit(5))).unique().all())
+
+
+def member_line(member: Member, t: Translator, *, show_branch: bool = True) -> str:
+    line = f"#{member.id} {member.name} · {role_label(member.role, t)}"
+    if show_branch:
+        line += f" · {branch_label(member.branch, t)}"
     if not member.active:
         line += " · " + t("deactivated")
     return line
@@ -77,10 +135,16 @@ async def resolve_member(ctx: Context, ref: str, *, branch_id: int | None = None
         return None
     found = await find_members(ctx, ref, branch_id=branch_id)
     if not found:
+        similar = await _similar(ctx, ref, branch_id)
         if branch_id is not None:
-            ctx.reply(t("No member \u201c{ref}\u201d in your branch.", ref=ref))
+            message = t("No member \u201c{ref}\u201d in your branch.", ref=ref)
         else:
-            ctx.reply(t("No member \u201c{ref}\u201d found.", ref=ref))
+            message = t("No member \u201c{ref}\u201d found.", ref=ref)
+        if similar:
+            message += (
+                "\n" + t("Did you mean:") + "\n" + "\n".join(member_line(m, t) for m in similar)
+            )
+        ctx.reply(message)
         return None
     if len(found) > 1:
         lines = [

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime, timedelta
+import unicodedata
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.context import Context, InvalidButton
 from bot.db.models import Branch, Invite, JoinFailure, JoinLock, Member, MemberIdentity, Role
-from bot.features.directory import branch_label, branches, find_branch, role_label
+from bot.db.upsert import insert_ignore
+from bot.features.directory import (
+    branch_label,
+    branch_list,
+    find_branch,
+    parse_role,
+    role_label,
+)
 from bot.i18n import N_
 from bot.routing import Router
 
@@ -20,47 +28,66 @@ router = Router("join")
 # No 0/O or 1/I/L: codes get read aloud and typed from paper.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 10
-CODE_SHAPE = re.compile(rf"^[{CODE_ALPHABET}]{{{CODE_LENGTH}}}$")
+# What people paste: the code, maybe spaced or dashed, maybe after a label (邀请码：…).
+_CODE_LIKE = re.compile(
+    r"^(?:[^A-Za-z0-9]*(?:邀请码|code)[^A-Za-z0-9]*)?([A-Za-z0-9][A-Za-z0-9 \-]{8,14}[A-Za-z0-9])$",
+    re.IGNORECASE,
+)
 MAX_NAME = 50
 JOIN_FLOW = "join"
+CANCEL_WORDS = {"取消", "cancel", "退出", "算了"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def new_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
-def clean_name(text: str) -> str | None:
-    name = " ".join(text.split())
-    if not name or len(name) > MAX_NAME or name.startswith("/"):
+def as_code(text: str) -> str | None:
+    """The invite code in what someone typed, if it looks like one (valid or not)."""
+    match = _CODE_LIKE.match(text.strip())
+    if match is None:
         return None
-    if any(not ch.isprintable() for ch in name):
-        return None
-    return name
+    code = re.sub(r"[ \-]", "", match.group(1)).upper()
+    return code if len(code) == CODE_LENGTH else None
+
+
+def name_problem(ctx: Context, name: str) -> str | None:
+    """Why this is not a usable display name, in the person's language; None if it is."""
+    t = ctx.t
+    if not name or len(name) > MAX_NAME:
+        return t("Please type a name of 1 to {max} characters.", max=MAX_NAME)
+    if name[0] in "/#@" or name.isdigit():
+        # "#12" or "@admin" would read as someone else in /role and /move.
+        return t("A name cannot start with / # or @, or be only digits. Please type your name.")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") for ch in name):
+        return t("Your name contains characters that cannot be shown. Please type it again.")
+    return None
+
+
+def tidy_name(text: str) -> str:
+    return " ".join(text.split())
 
 
 # --- admins named in configuration ------------------------------------------------
 
 
 async def bootstrap_admin(ctx: Context) -> None:
-    """Configured admins become admins on first contact, and stay admins."""
-    if not ctx.services.is_configured_admin(ctx.sender):
+    """Configured admins become admins on first contact. Only then: if another admin
+    later changes their role, that change stands."""
+    if ctx.member is not None or not ctx.services.is_configured_admin(ctx.sender):
         return
-    member = ctx.member
-    if member is not None and member.active and member.role == Role.ADMIN:
-        return
-    if member is None:
-        branch = await ctx.session.get_one(Branch, ctx.services.org.admin_branch_id)
-        member = Member(
-            organisation_id=ctx.services.org.id,
-            branch=branch,
-            name=ctx.sender.display_name or ctx.sender.user_id,
-            role=Role.ADMIN.value,
-            joined_at=ctx.now,
-        )
-        ctx.session.add(member)
-        ctx.session.add(_identity(ctx, member))
-    else:
-        member.role, member.active = Role.ADMIN.value, True
+    branch = await ctx.session.get_one(Branch, ctx.services.org.admin_branch_id)
+    name = tidy_name(ctx.sender.display_name)
+    member = Member(
+        organisation_id=ctx.services.org.id,
+        branch=branch,
+        name=name if name and name_problem(ctx, name) is None else ctx.sender.user_id[:MAX_NAME],
+        role=Role.ADMIN.value,
+        joined_at=ctx.now,
+    )
+    ctx.session.add(member)
+    ctx.session.add(_identity(ctx, member))
     await ctx.session.flush()
     ctx.member = member
     await ctx.audit("admin.bootstrap", member.name, member_id=member.id)
@@ -92,43 +119,45 @@ def _identity(ctx: Context, member: Member) -> MemberIdentity:
 )
 async def invite(ctx: Context) -> None:
     t, me = ctx.t, ctx.require_member()
+    if not ctx.args and me.role_enum is Role.SECRETARY:
+        await _create_invite(ctx, me.branch, Role.MEMBER)
+        return
     if not ctx.args:
-        lines = [t("Usage: /invite <branch> [role]. Branches:")]
-        lines += [f"  {b.code} — {branch_label(b, t)}" for b in await branches(ctx)]
-        ctx.reply("\n".join(lines))
+        ctx.reply(t("Usage: /invite <branch> [role]. Branches:") + "\n" + await branch_list(ctx))
         return
-    role_arg = ctx.args[-1].lower() if len(ctx.args) > 1 else Role.MEMBER.value
-    branch_ref = " ".join(ctx.args[:-1]) if len(ctx.args) > 1 else ctx.args[0]
-    if role_arg not in {r.value for r in Role}:
-        ctx.reply(
-            t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=role_arg)
-        )
-        return
-    role = Role(role_arg)
+    role = parse_role(ctx.args[-1]) if len(ctx.args) > 1 else None
+    branch_ref = " ".join(ctx.args[:-1] if role is not None else ctx.args)
     branch = await find_branch(ctx, branch_ref)
     if branch is None:
         ctx.reply(
-            t(
-                "No branch \u201c{ref}\u201d. /invite without arguments lists the branches.",
-                ref=branch_ref,
-            )
+            t("No branch \u201c{ref}\u201d. The branches are:", ref=branch_ref)
+            + "\n"
+            + await branch_list(ctx)
         )
         return
+    role = role or Role.MEMBER
     if me.role_enum is Role.SECRETARY and (branch.id != me.branch_id or role is not Role.MEMBER):
         await ctx.audit("invite.create", branch.code, outcome="refused", role=role.value)
         ctx.reply(
             t("Secretaries can invite members to their own branch only. Nothing was changed.")
         )
         return
-    settings = ctx.services.settings.invite
+    await _create_invite(ctx, branch, role)
+
+
+async def _create_invite(ctx: Context, branch: Branch, role: Role) -> None:
+    t, settings = ctx.t, ctx.services.settings.invite
+    # A forwarded secretary or admin link must not make many of them.
+    privileged = role is not Role.MEMBER
     row = Invite(
         code=new_code(),
         branch_id=branch.id,
         role=role.value,
-        created_by=me.id,
+        created_by=ctx.require_member().id,
         created_at=ctx.now,
-        expires_at=ctx.now + timedelta(hours=settings.ttl_hours),
-        max_uses=settings.max_uses,
+        expires_at=ctx.now
+        + timedelta(hours=settings.privileged_ttl_hours if privileged else settings.ttl_hours),
+        max_uses=settings.privileged_max_uses if privileged else settings.max_uses,
     )
     ctx.session.add(row)
     await ctx.session.flush()
@@ -136,109 +165,173 @@ async def invite(ctx: Context) -> None:
     ctx.reply(
         t(
             "Invite for {branch} ({role}):\n{link}\n\nValid until {expires}, for up to {uses} people. "
-            "Send it only to the people it is meant for.",
+            "Send it only to the people it is meant for. /revoke {code} withdraws it.",
             branch=branch_label(branch, t),
             role=role_label(role, t),
             link=ctx.services.invite_link(row.code),
-            expires=t.datetime(row.expires_at),
+            expires=t.moment(row.expires_at),
             uses=row.max_uses,
+            code=row.code,
         )
     )
+
+
+@router.command(
+    "revoke", role=Role.SECRETARY, summary=N_("Withdraw an invite"), usage=N_("/revoke <code>")
+)
+async def revoke(ctx: Context) -> None:
+    t, me = ctx.t, ctx.require_member()
+    code = as_code(ctx.arg_text)
+    row = await ctx.session.scalar(select(Invite).where(Invite.code == code)) if code else None
+    if row is None or (me.role_enum is Role.SECRETARY and row.branch_id != me.branch_id):
+        ctx.reply(
+            t("No invite \u201c{code}\u201d that you can withdraw.", code=ctx.arg_text.strip()[:20])
+        )
+        return
+    if row.revoked_at is None:
+        row.revoked_at = ctx.now
+        await ctx.audit("invite.revoke", row.code, invite_id=row.id)
+    ctx.reply(t("Invite {code} is withdrawn; it can no longer be used.", code=row.code))
 
 
 # --- people who have not joined ----------------------------------------------------
 
 
-async def explain_joining(ctx: Context) -> None:
-    """What an unregistered person hears, whatever they send (a code is tried)."""
-    text = ctx.event.text.strip().upper() if hasattr(ctx.event, "text") else ""
-    if CODE_SHAPE.match(text):
-        await _use_code(ctx, text)
-        return
+async def not_registered(ctx: Context) -> None:
+    """What anyone who is not (or no longer) a member hears, whatever they send."""
+    t = ctx.t
+    text = getattr(ctx.event, "text", "").strip()
+    code = as_code(text)
+    conversation = await ctx.get_conversation()
+    if code is not None:
+        await _use_code(ctx, code)
+    elif conversation is not None and conversation.flow == JOIN_FLOW:
+        invite = await ctx.session.get(Invite, conversation.data.get("invite"))
+        branch = branch_label(invite.branch, t) if invite else ""
+        ctx.reply(
+            t(
+                "You are joining {branch}. Please press Confirm, or type your full name; send /cancel to stop.",
+                branch=branch,
+            )
+        )
+    elif ctx.member is not None and not ctx.member.active:
+        ctx.reply(
+            t(
+                "Your membership here has been deactivated. If this is a mistake, please talk to your branch secretary."
+            )
+        )
+    else:
+        ctx.reply(
+            t(
+                "Hello! This is the chat assistant of {org}. Only members can use it.\n"
+                "To join, open the invite link your branch secretary sent you, or send the invite code here.",
+                org=ctx.services.org.label(t),
+            )
+        )
+
+
+router.unregistered = not_registered
+
+
+async def code_from_member(ctx: Context) -> bool:
+    """A member who sends an invite code again: no need to join twice."""
+    if as_code(getattr(ctx.event, "text", "")) is None:
+        return False
+    _already_member(ctx)
+    return True
+
+
+router.fallbacks.append(code_from_member)
+
+
+def _already_member(ctx: Context) -> None:
+    member = ctx.require_member()
     ctx.reply(
         ctx.t(
-            "Hello! This is the chat assistant of {org}. Only members can use it.\n"
-            "To join, open the invite link your branch secretary sent you, or send the invite code here.",
-            org=ctx.services.org.name,
+            "You are already a member of {branch}; there is no need to join again. To change branch, please talk to your secretary.",
+            branch=branch_label(member.branch, ctx.t),
         )
     )
-
-
-router.unregistered = explain_joining
 
 
 @router.command("start", role=None, summary=N_("Start, or join with an invite code"), menu=False)
 async def start(ctx: Context) -> None:
     member = ctx.member
-    code = ctx.args[0].strip().upper() if ctx.args else ""
+    code = as_code(ctx.arg_text) if ctx.arg_text else None
     if member is not None and member.active:
-        if code:
-            ctx.reply(
-                ctx.t(
-                    "You are already registered in {branch}.",
-                    branch=branch_label(member.branch, ctx.t),
-                )
-            )
+        if ctx.arg_text:
+            _already_member(ctx)
         else:
             ctx.reply(ctx.t("Welcome back, {name}! /help lists what you can do.", name=member.name))
         return
-    if not code:
-        await explain_joining(ctx)
+    if code is None:
+        await not_registered(ctx)
         return
     await _use_code(ctx, code)
 
 
-async def _locked_until(ctx: Context) -> datetime | None:
-    lock = await ctx.session.get(JoinLock, (ctx.sender.platform, ctx.sender.user_id))
-    return lock.locked_until if lock is not None and lock.locked_until > ctx.now else None
+async def _guard(ctx: Context) -> JoinLock:
+    """This person's lock row, locked for this transaction.
 
-
-async def _record_failure(ctx: Context) -> datetime | None:
-    """Count a wrong code; return the lock expiry if this one tipped the person over."""
-    settings = ctx.services.settings.invite
-    who = (ctx.sender.platform, ctx.sender.user_id)
-    ctx.session.add(JoinFailure(platform=who[0], platform_user_id=who[1], at=ctx.now))
-    since = ctx.now - timedelta(minutes=settings.failure_window_minutes)
-    recent = await ctx.session.scalar(
-        select(func.count())
-        .select_from(JoinFailure)
+    Wrong codes from one person are judged one at a time: concurrent updates (aiogram
+    handles them in parallel) would otherwise each see too few earlier failures.
+    """
+    who = {"platform": ctx.sender.platform, "platform_user_id": ctx.sender.user_id}
+    await insert_ignore(ctx.session, JoinLock, **who, locked_until=_EPOCH)
+    lock = await ctx.session.scalar(
+        select(JoinLock)
         .where(
-            JoinFailure.platform == who[0],
-            JoinFailure.platform_user_id == who[1],
-            JoinFailure.at > since,
+            JoinLock.platform == who["platform"],
+            JoinLock.platform_user_id == who["platform_user_id"],
         )
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
+    assert lock is not None
+    return lock
+
+
+async def _record_failure(ctx: Context, lock: JoinLock) -> bool:
+    """Count a wrong code; True if it locks the person out."""
+    settings = ctx.services.settings.invite
+    platform, user_id = ctx.sender.platform, ctx.sender.user_id
+    since = ctx.now - timedelta(minutes=settings.failure_window_minutes)
+    mine = (JoinFailure.platform == platform, JoinFailure.platform_user_id == user_id)
+    await ctx.session.execute(delete(JoinFailure).where(*mine, JoinFailure.at <= since))
+    ctx.session.add(JoinFailure(platform=platform, platform_user_id=user_id, at=ctx.now))
+    recent = await ctx.session.scalar(select(func.count()).select_from(JoinFailure).where(*mine))
     if (recent or 0) <= settings.max_failures:
-        return None
-    until = ctx.now + timedelta(minutes=settings.lockout_minutes)
-    lock = await ctx.session.get(JoinLock, who)
-    if lock is None:
-        ctx.session.add(JoinLock(platform=who[0], platform_user_id=who[1], locked_until=until))
-    else:
-        lock.locked_until = until
-    await ctx.session.execute(
-        delete(JoinFailure).where(
-            JoinFailure.platform == who[0], JoinFailure.platform_user_id == who[1]
-        )
+        return False
+    lock.locked_until = ctx.now + timedelta(minutes=settings.lockout_minutes)
+    await ctx.session.execute(delete(JoinFailure).where(*mine))
+    await ctx.audit(
+        "join.locked",
+        f"{platform}:{user_id}",
+        outcome="refused",
+        until=lock.locked_until.isoformat(),
     )
-    await ctx.audit("join.locked", f"{who[0]}:{who[1]}", outcome="refused", until=until.isoformat())
-    return until
+    return True
 
 
 async def _use_code(ctx: Context, code: str) -> None:
     t = ctx.t
-    locked = await _locked_until(ctx)
-    if locked is not None:
+    lock = await _guard(ctx)
+    if lock.locked_until > ctx.now:
         ctx.reply(
-            t("Too many wrong invite codes. Please try again after {time}.", time=t.time(locked))
+            t(
+                "Too many wrong invite codes. Please try again after {time}.",
+                time=t.moment(lock.locked_until),
+            )
         )
         return
     invite = await ctx.session.scalar(select(Invite).where(Invite.code == code))
     if invite is None or invite.revoked_at is not None:
-        until = await _record_failure(ctx)
-        if until is not None:
+        if await _record_failure(ctx, lock):
             ctx.reply(
-                t("Too many wrong invite codes. Please try again after {time}.", time=t.time(until))
+                t(
+                    "Too many wrong invite codes. Please try again after {time}.",
+                    time=t.moment(lock.locked_until),
+                )
             )
         else:
             ctx.reply(
@@ -250,9 +343,10 @@ async def _use_code(ctx: Context, code: str) -> None:
     if problem := _invite_problem(ctx, invite):
         ctx.reply(problem)
         return
-    name = clean_name(ctx.sender.display_name)
-    await ctx.begin_flow(JOIN_FLOW, "name", {"invite": invite.id, "name": name})
-    _ask_name(ctx, invite, name)
+    name = tidy_name(ctx.sender.display_name)
+    suggestion = name if name and name_problem(ctx, name) is None else None
+    await ctx.begin_flow(JOIN_FLOW, "name", {"invite": invite.id, "name": suggestion})
+    _ask_name(ctx, invite, suggestion)
 
 
 def _invite_problem(ctx: Context, invite: Invite) -> str | None:
@@ -272,7 +366,7 @@ def _ask_name(ctx: Context, invite: Invite, name: str | None) -> None:
     intro = t(
         "You are joining {branch} of {org} as {role}.",
         branch=branch_label(invite.branch, t),
-        org=ctx.services.org.name,
+        org=ctx.services.org.label(t),
         role=role_label(invite.role, t),
     )
     cancel = ctx.button(t("Cancel"), "join", "no")
@@ -292,41 +386,55 @@ def _ask_name(ctx: Context, invite: Invite, name: str | None) -> None:
     )
 
 
-@router.flow(JOIN_FLOW)
+@router.flow(JOIN_FLOW, role=None)
 async def join_name_typed(ctx: Context) -> None:
-    conversation = await ctx.get_conversation()
+    conversation = ctx.conversation
     assert conversation is not None
+    text = tidy_name(ctx.arg_text)
+    if text.casefold() in CANCEL_WORDS:
+        await ctx.end_flow()
+        ctx.reply(ctx.t("Cancelled. Open the invite link again whenever you are ready."))
+        return
+    code = as_code(text)
+    if code is not None:
+        # A corrected link from the secretary ("sorry, use this one").
+        await _use_code(ctx, code)
+        return
     invite = await ctx.session.get(Invite, conversation.data.get("invite"))
     if invite is None:
         await ctx.end_flow()
-        await explain_joining(ctx)
+        await not_registered(ctx)
         return
-    name = clean_name(ctx.arg_text)
-    if name is None:
-        ctx.reply(ctx.t("Please type a name of 1 to {max} characters.", max=MAX_NAME))
+    if problem := name_problem(ctx, text):
+        ctx.reply(problem)
         return
-    await ctx.begin_flow(JOIN_FLOW, "name", {"invite": invite.id, "name": name})
-    _ask_name(ctx, invite, name)
+    await ctx.begin_flow(JOIN_FLOW, "name", {"invite": invite.id, "name": text})
+    _ask_name(ctx, invite, text)
 
 
 @router.button("join", role=None)
 async def join_pressed(ctx: Context) -> None:
     t = ctx.t
-    conversation = await ctx.get_conversation()
-    if conversation is None or conversation.flow != JOIN_FLOW or not ctx.parts:
+    action = ctx.parts[0] if ctx.parts else ""
+    if action not in ("ok", "no"):
         raise InvalidButton
-    if ctx.parts[0] == "no":
-        await ctx.end_flow()
+    conversation = await ctx.get_conversation()
+    if conversation is None or conversation.flow != JOIN_FLOW:
+        raise InvalidButton
+    if action == "ok" and ctx.parts[1:] != [str(conversation.data.get("invite"))]:
+        raise InvalidButton  # a Confirm from an earlier invite
+    # Claiming the conversation is what makes a double tap count once.
+    data = await ctx.claim_flow(JOIN_FLOW)
+    if data is None:
+        raise InvalidButton
+    if action == "no":
         ctx.reply(t("Cancelled. Open the invite link again whenever you are ready."))
         return
-    if ctx.parts[0] != "ok" or ctx.parts[1:] != [str(conversation.data.get("invite"))]:
-        raise InvalidButton
-    name = conversation.data.get("name")
-    invite = await ctx.session.get(Invite, conversation.data.get("invite"))
+    name = data.get("name")
+    invite = await ctx.session.get(Invite, data.get("invite"))
     if invite is None or not isinstance(name, str):
         raise InvalidButton
     if problem := _invite_problem(ctx, invite):
-        await ctx.end_flow()
         ctx.reply(problem)
         return
     # Count the use atomically, so two people racing for the last place can't both win.
@@ -336,13 +444,11 @@ async def join_pressed(ctx: Context) -> None:
         .values(uses=Invite.uses + 1)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        await ctx.end_flow()
         ctx.reply(
             t("This invite has been used up. Please ask your branch secretary for a new one.")
         )
         return
     member = await _register(ctx, invite, name)
-    await ctx.end_flow()
     await ctx.audit(
         "member.join",
         invite.branch.code,
@@ -402,8 +508,14 @@ async def _tell_secretaries(ctx: Context, member: Member) -> None:
         )
     )
     for secretary in secretaries:
-        t = ctx.translator_for(secretary)
+        theirs = ctx.translator_for(secretary)
         await ctx.notify(
             secretary,
-            t("{name} joined {branch}.", name=member.name, branch=branch_label(member.branch, t)),
+            theirs(
+                "{name} (#{id}) joined {branch} as {role}.",
+                name=member.name,
+                id=member.id,
+                branch=branch_label(member.branch, theirs),
+                role=role_label(member.role, theirs),
+            ),
         )

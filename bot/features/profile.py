@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from bot.context import Context, InvalidButton
 from bot.features.directory import branch_label, role_label
-from bot.features.join import explain_joining
-from bot.i18n import LANGUAGES, N_, Translator
+from bot.features.join import not_registered
+from bot.i18n import LANGUAGES, N_, translator
 from bot.routing import Router
 
 router = Router("profile")
@@ -15,7 +15,7 @@ router = Router("profile")
 async def help_(ctx: Context) -> None:
     member = ctx.member
     if member is None or not member.active:
-        await explain_joining(ctx)
+        await not_registered(ctx)
         return
     t = ctx.t
     lines = [t("Commands you can use ({role}):", role=role_label(member.role, t))]
@@ -44,6 +44,17 @@ async def me(ctx: Context) -> None:
     )
 
 
+@router.command(
+    "cancel", role=None, summary=N_("Stop what you are doing (joining, writing a notice...)")
+)
+async def cancel(ctx: Context) -> None:
+    if await ctx.get_conversation() is None:
+        ctx.reply(ctx.t("There is nothing to cancel."))
+        return
+    await ctx.end_flow()
+    ctx.reply(ctx.t("Cancelled. Nothing was saved."))
+
+
 @router.command("lang", summary=N_("Choose your language"), usage=N_("/lang [zh_CN|en]"))
 async def lang(ctx: Context) -> None:
     if ctx.args:
@@ -63,7 +74,15 @@ async def lang_pressed(ctx: Context) -> None:
 
 
 async def _set_language(ctx: Context, wanted: str) -> None:
-    code = {c.lower(): c for c in LANGUAGES} | {"zh": "zh_CN", "zh-cn": "zh_CN", "中文": "zh_CN"}
+    code = {c.lower(): c for c in LANGUAGES} | {
+        "zh": "zh_CN",
+        "zh-cn": "zh_CN",
+        "中文": "zh_CN",
+        "chinese": "zh_CN",
+        "english": "en",
+        "英文": "en",
+        "英语": "en",
+    }
     chosen = code.get(wanted.strip().lower())
     if chosen is None:
         options = ", ".join(LANGUAGES)
@@ -77,7 +96,7 @@ async def _set_language(ctx: Context, wanted: str) -> None:
         return
     member = ctx.require_member()
     member.language = chosen
-    ctx.t = Translator(chosen, ctx.services.org.timezone)
+    ctx.t = translator(chosen, ctx.services.org.timezone)
     ctx.reply(
         ctx.t("Language set to English.") if chosen == "en" else ctx.t("Language set to Chinese.")
     )

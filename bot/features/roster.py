@@ -1,27 +1,33 @@
 """Managing people: /members, /role, /move, /deactivate.
 
-Admins manage everyone. Secretaries list and manage their own branch only, and cannot
-change roles (that would let a secretary make more secretaries or admins).
+Admins manage everyone. Secretaries list and manage the members of their own branch,
+and cannot change roles (that would let a secretary make more secretaries or admins).
 """
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, select
 
 from bot.context import Context, InvalidButton
-from bot.db.models import Branch, Member, Role
+from bot.db.models import Branch, Member, Organisation, Role
 from bot.features.directory import (
     branch_label,
+    branch_list,
     find_branch,
     member_line,
+    parse_role,
     resolve_member,
     role_label,
+    split_branch,
 )
 from bot.i18n import N_
 from bot.routing import Router
 
 router = Router("roster")
 PAGE_SIZE = 20
+MEMBER_HINT = N_("A member is #number, @username or full name.")
 
 
 def _own_branch_only(ctx: Context) -> int | None:
@@ -30,9 +36,9 @@ def _own_branch_only(ctx: Context) -> int | None:
     return None if member.role_enum is Role.ADMIN else member.branch_id
 
 
-async def _refuse_other_branch(ctx: Context, action: str, target: str) -> None:
+async def _refuse(ctx: Context, action: str, target: str, message: str) -> None:
     await ctx.audit(action, target, outcome="refused")
-    ctx.reply(ctx.t("Secretaries can manage their own branch only. Nothing was changed."))
+    ctx.reply(message)
 
 
 # --- /members ---------------------------------------------------------------------
@@ -50,10 +56,19 @@ async def members(ctx: Context) -> None:
     if ctx.arg_text:
         branch = await find_branch(ctx, ctx.arg_text)
         if branch is None:
-            ctx.reply(ctx.t("No branch \u201c{ref}\u201d.", ref=ctx.arg_text))
+            ctx.reply(
+                ctx.t("No branch \u201c{ref}\u201d. The branches are:", ref=ctx.arg_text)
+                + "\n"
+                + await branch_list(ctx)
+            )
             return
         if limit is not None and branch.id != limit:
-            await _refuse_other_branch(ctx, "members.list", branch.code)
+            await _refuse(
+                ctx,
+                "members.list",
+                branch.code,
+                ctx.t("Secretaries can see their own branch's members only."),
+            )
             return
     branch_id = branch.id if branch else limit
     await _show_page(ctx, branch_id or 0, 0)
@@ -61,20 +76,27 @@ async def members(ctx: Context) -> None:
 
 @router.button("mem", role=Role.SECRETARY)
 async def members_page(ctx: Context) -> None:
-    if len(ctx.parts) != 2 or not all(p.isdigit() and len(p) < 10 for p in ctx.parts):
+    if len(ctx.parts) != 2 or not all(re.fullmatch(r"[0-9]{1,9}", p) for p in ctx.parts):
         raise InvalidButton
     branch_id, page = int(ctx.parts[0]), int(ctx.parts[1])
     limit = _own_branch_only(ctx)
     if limit is not None and branch_id != limit:
-        # A secretary pressing a list that is not theirs (their branch changed, or
-        # the data was forged): refuse like the command would.
-        await _refuse_other_branch(ctx, "members.list", str(branch_id))
+        # A list that is not theirs (their branch changed, or the data was forged).
+        await _refuse(
+            ctx,
+            "members.list",
+            str(branch_id),
+            ctx.t("Secretaries can see their own branch's members only."),
+        )
         return
     await _show_page(ctx, branch_id, page)
 
 
 async def _show_page(ctx: Context, branch_id: int, page: int) -> None:
     t = ctx.t
+    scope_branch = await ctx.session.get(Branch, branch_id) if branch_id else None
+    if branch_id and (scope_branch is None or scope_branch.organisation_id != ctx.services.org.id):
+        raise InvalidButton
     where = [Member.organisation_id == ctx.services.org.id, Member.active]
     if branch_id:
         where.append(Member.branch_id == branch_id)
@@ -90,11 +112,7 @@ async def _show_page(ctx: Context, branch_id: int, page: int) -> None:
         .offset(page * PAGE_SIZE)
         .limit(PAGE_SIZE)
     )
-    scope = (
-        branch_label(await ctx.session.get_one(Branch, branch_id), t)
-        if branch_id
-        else t("all branches")
-    )
+    scope = branch_label(scope_branch, t) if scope_branch else t("all branches")
     lines = [
         t(
             "Members of {scope}: {total} (page {page}/{pages})",
@@ -104,13 +122,13 @@ async def _show_page(ctx: Context, branch_id: int, page: int) -> None:
             pages=pages,
         )
     ]
-    lines += [member_line(m, t) for m in rows.unique()]
+    lines += [member_line(m, t, show_branch=scope_branch is None) for m in rows.unique()]
     nav = []
     if page > 0:
         nav.append(ctx.button(t("◀ Previous"), "mem", branch_id, page - 1))
     if page + 1 < pages:
         nav.append(ctx.button(t("Next ▶"), "mem", branch_id, page + 1))
-    ctx.reply("\n".join(lines), [nav] if nav else ())
+    ctx.show("\n".join(lines), [nav] if nav else ())
 
 
 # --- /role ------------------------------------------------------------------------
@@ -125,16 +143,12 @@ async def _show_page(ctx: Context, branch_id: int, page: int) -> None:
 async def role(ctx: Context) -> None:
     t = ctx.t
     if len(ctx.args) < 2:
-        ctx.reply(
-            t(
-                "Usage: /role <member> <member|secretary|admin>. A member is #number, @username or full name."
-            )
-        )
+        ctx.reply(t("Usage: /role <member> <member|secretary|admin>.") + " " + t(MEMBER_HINT))
         return
-    wanted = ctx.args[-1].lower()
-    if wanted not in {r.value for r in Role}:
+    wanted = parse_role(ctx.args[-1])
+    if wanted is None:
         ctx.reply(
-            t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=wanted)
+            t("Unknown role \u201c{role}\u201d. Use member, secretary or admin.", role=ctx.args[-1])
         )
         return
     target = await resolve_member(ctx, " ".join(ctx.args[:-1]))
@@ -148,15 +162,30 @@ async def role(ctx: Context) -> None:
     if target.role == Role.ADMIN and await _last_admin(ctx, target):
         ctx.reply(t("{name} is the last admin; make someone else admin first.", name=target.name))
         return
-    before, target.role = target.role, wanted
-    await ctx.audit("member.role", f"#{target.id} {target.name}", before=before, after=wanted)
+    before, target.role = target.role, wanted.value
+    await ctx.audit("member.role", f"#{target.id} {target.name}", before=before, after=wanted.value)
     ctx.reply(t("{name} now has the role {role}.", name=target.name, role=role_label(wanted, t)))
-    theirs = ctx.translator_for(target)
-    await ctx.notify(target, theirs("Your role is now: {role}.", role=role_label(wanted, theirs)))
+    if target.id != ctx.require_member().id:
+        theirs = ctx.translator_for(target)
+        await ctx.notify(
+            target,
+            theirs(
+                "Your role is now: {role}. /help shows what you can do.",
+                role=role_label(wanted, theirs),
+            ),
+        )
     await ctx.refresh_menu(target)
 
 
 async def _last_admin(ctx: Context, member: Member) -> bool:
+    """Whether ``member`` is the only active admin left.
+
+    The organisation row is locked first, so two admins demoting each other at the same
+    moment are judged one after the other (PostgreSQL would otherwise let both through).
+    """
+    await ctx.session.execute(
+        select(Organisation.id).where(Organisation.id == ctx.services.org.id).with_for_update()
+    )
     others = await ctx.session.scalar(
         select(func.count())
         .select_from(Member)
@@ -173,6 +202,11 @@ async def _last_admin(ctx: Context, member: Member) -> bool:
 # --- /move ------------------------------------------------------------------------
 
 
+def _secretary_may_manage(ctx: Context, target: Member) -> bool:
+    me = ctx.require_member()
+    return me.role_enum is Role.ADMIN or (target.role == Role.MEMBER and target.id != me.id)
+
+
 @router.command(
     "move",
     role=Role.SECRETARY,
@@ -182,18 +216,29 @@ async def _last_admin(ctx: Context, member: Member) -> bool:
 async def move(ctx: Context) -> None:
     t = ctx.t
     if len(ctx.args) < 2:
-        ctx.reply(t("Usage: /move <member> <branch>. A member is #number, @username or full name."))
+        ctx.reply(t("Usage: /move <member> <branch>.") + " " + t(MEMBER_HINT))
         return
-    branch = await find_branch(ctx, ctx.args[-1])
+    who, branch = await split_branch(ctx, ctx.args)
     if branch is None:
-        ctx.reply(t("No branch \u201c{ref}\u201d.", ref=ctx.args[-1]))
+        ctx.reply(
+            t("No branch \u201c{ref}\u201d. The branches are:", ref=ctx.args[-1])
+            + "\n"
+            + await branch_list(ctx)
+        )
         return
     limit = _own_branch_only(ctx)
-    target = await resolve_member(ctx, " ".join(ctx.args[:-1]), branch_id=limit)
+    target = await resolve_member(ctx, who, branch_id=limit)
     if target is None:
         return
-    if limit is not None and target.role != Role.MEMBER:
-        await _refuse_other_branch(ctx, "member.move", f"#{target.id}")
+    if not _secretary_may_manage(ctx, target):
+        await _refuse(
+            ctx,
+            "member.move",
+            f"#{target.id}",
+            t(
+                "Secretaries cannot move or deactivate secretaries or admins (or themselves); please ask an admin."
+            ),
+        )
         return
     if target.branch_id == branch.id:
         ctx.reply(
@@ -203,11 +248,19 @@ async def move(ctx: Context) -> None:
     before = target.branch.code
     target.branch = branch
     await ctx.audit("member.move", f"#{target.id} {target.name}", before=before, after=branch.code)
-    ctx.reply(t("{name} moved to {branch}.", name=target.name, branch=branch_label(branch, t)))
-    theirs = ctx.translator_for(target)
-    await ctx.notify(
-        target, theirs("You are now in {branch}.", branch=branch_label(branch, theirs))
+    ctx.reply(
+        t(
+            "{name} moved to {branch} (still {role}).",
+            name=target.name,
+            branch=branch_label(branch, t),
+            role=role_label(target.role, t),
+        )
     )
+    if target.id != ctx.require_member().id:
+        theirs = ctx.translator_for(target)
+        await ctx.notify(
+            target, theirs("You are now in {branch}.", branch=branch_label(branch, theirs))
+        )
 
 
 # --- /deactivate ------------------------------------------------------------------
@@ -222,7 +275,7 @@ async def move(ctx: Context) -> None:
 async def deactivate(ctx: Context) -> None:
     t, me = ctx.t, ctx.require_member()
     if not ctx.arg_text:
-        ctx.reply(t("Usage: /deactivate <member>. A member is #number, @username or full name."))
+        ctx.reply(t("Usage: /deactivate <member>.") + " " + t(MEMBER_HINT))
         return
     limit = _own_branch_only(ctx)
     target = await resolve_member(ctx, ctx.arg_text, branch_id=limit)
@@ -231,8 +284,15 @@ async def deactivate(ctx: Context) -> None:
     if target.id == me.id:
         ctx.reply(t("You cannot deactivate yourself."))
         return
-    if limit is not None and target.role != Role.MEMBER:
-        await _refuse_other_branch(ctx, "member.deactivate", f"#{target.id}")
+    if not _secretary_may_manage(ctx, target):
+        await _refuse(
+            ctx,
+            "member.deactivate",
+            f"#{target.id}",
+            t(
+                "Secretaries cannot move or deactivate secretaries or admins (or themselves); please ask an admin."
+            ),
+        )
         return
     if not target.active:
         ctx.reply(t("{name} is already deactivated.", name=target.name))

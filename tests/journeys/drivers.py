@@ -84,7 +84,20 @@ class Driver(ABC):
         self.clock = ManualClock(START)
         messenger = await self._start_messenger()
         self.app = App(self.settings(database_url), messenger, clock=self.clock)
-        await self.app.start()
+        # The sender and scheduler are driven step by step (settle(), tick()), so each
+        # call returns exactly what one action caused.
+        await self.app.start(background=False)
+
+    async def settle(self) -> None:
+        """Send every delivery that is due now (notifications, notices, reports)."""
+        assert self.app.sender is not None
+        await self.app.sender.drain()
+
+    async def tick(self) -> None:
+        """One scheduler tick at the current (manual) time, then send what it queued."""
+        assert self.app.scheduler is not None
+        await self.app.scheduler.tick()
+        await self.settle()
 
     async def stop(self) -> None:
         await self.app.stop()
@@ -135,6 +148,7 @@ class ConsoleDriver(Driver):
         self.console.language_code = person.language_code
         before = len(self.console.sent)
         await self.console.feed(line)
+        await self.settle()
         new = list(self.console.sent)[before:]
         return [
             Shown(chat_id, msg.text.plain, str(i), [b for row in msg.buttons for b in row])
@@ -161,6 +175,7 @@ class ConsoleDriver(Driver):
         before = len(self.console.sent)
         sender = Sender("console", person.name, person.name, None, person.language_code)
         await self.dispatcher.handle(UnsupportedMessage(sender, person.name, "photo"))
+        await self.settle()
         return [
             Shown(chat_id, msg.text.plain, "0", [b for row in msg.buttons for b in row])
             for chat_id, msg in list(self.console.sent)[before:]
@@ -198,9 +213,11 @@ class TelegramDriver(Driver):
     async def _collect(self, before: int, handled: int) -> list[Shown]:
         async with asyncio.timeout(10):
             await self.dispatcher.wait_handled(handled + 1)
+        await self.settle()
         shown = []
         for call in self.tg.calls[before:]:
-            if call.method != "sendMessage" or call.status != 200:
+            # An edited message counts as shown again: that is what the person sees.
+            if call.method not in ("sendMessage", "editMessageText") or call.status != 200:
                 continue
             shown.append(self._shown(call.params, call.response["result"]))
         return shown

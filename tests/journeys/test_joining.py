@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -109,9 +110,11 @@ async def test_unregistered_person_is_told_how_to_join(driver: Driver) -> None:
     before = await count(driver, Member)
     for text in ["你好", "/me", "/members", "/role 1 admin", "/nonsense", "/help"]:
         reply = texts(await driver.send(WANG, text))
-        assert "邀请" in reply, (text, reply)
-    assert "invite" in texts(await driver.send(LI, "hello"))
-    assert "邀请" in texts(await driver.send_photo(WANG))
+        assert reply.startswith("您好！这里是县人民检察院机关党总支的工作助手"), (text, reply)
+    assert "General Party Branch of the County Procuratorate" in texts(
+        await driver.send(LI, "hello")
+    )
+    assert texts(await driver.send_photo(WANG)).startswith("您好！")
     assert await count(driver, Member) == before
     assert await count(driver, MemberIdentity) == before
 
@@ -129,7 +132,7 @@ async def test_member_cannot_use_privileged_commands(driver: Driver) -> None:
         f"/move #{zhao.id} retirees",
     ]:
         reply = texts(await driver.send(WANG, command))
-        assert "没有做任何改动" in reply or "Nothing was changed" in reply, reply
+        assert reply.startswith("抱歉，/") and "权限，没有做任何改动" in reply, reply
     refused = [a for a in await audit_actions(driver) if a[1] == "refused"]
     assert len(refused) == 5
     zhao = await member_named(driver, ZHAO.name)
@@ -154,22 +157,21 @@ async def test_roles_branches_and_deactivation(driver: Driver) -> None:
     assert "/members" in texts(await driver.send(WANG, "/help"))
     listing = texts(await driver.send(WANG, "/members"))
     assert ZHAO.name in listing and "admin" not in listing
-    assert "没有做任何改动" in texts(await driver.send(WANG, "/members retirees"))
-    assert "没有做任何改动" in texts(await driver.send(WANG, "/invite investigation"))
-    assert (
-        "t.me" in texts(await driver.send(WANG, "/invite prosecution")) or driver.name == "console"
-    )
-    assert "没有做任何改动" in texts(await driver.send(WANG, f"/role {ZHAO.name} admin"))
+    assert texts(await driver.send(WANG, "/members retirees")) == "支部书记只能查看本支部成员。"
+    assert "只能邀请党员加入本支部" in texts(await driver.send(WANG, "/invite investigation"))
+    own = texts(await driver.send(WANG, "/invite"))  # a secretary's invite is for their branch
+    assert "公诉党支部邀请（党员）" in own
+    assert "需要管理员权限" in texts(await driver.send(WANG, f"/role {ZHAO.name} admin"))
 
     await driver.send(WANG, f"/move {ZHAO.name} retirees")
     zhao = await member_named(driver, ZHAO.name)
     assert zhao is not None and zhao.branch.code == "retirees"
     # Zhao is no longer in Wang's branch, so Wang cannot touch him.
-    assert "没有" in texts(await driver.send(WANG, f"/deactivate {ZHAO.name}"))
+    assert "本支部没有找到" in texts(await driver.send(WANG, f"/deactivate {ZHAO.name}"))
     await driver.send(ADMIN, f"/deactivate {ZHAO.name}")
     zhao = await member_named(driver, ZHAO.name)
     assert zhao is not None and not zhao.active
-    assert "邀请" in texts(await driver.send(ZHAO, "/me"))
+    assert "成员身份已停用" in texts(await driver.send(ZHAO, "/me"))
     actions = [a for a, o in await audit_actions(driver) if o == "ok"]
     assert {"member.role", "member.move", "member.deactivate"} <= set(actions)
     if driver.name != "console":
@@ -190,7 +192,7 @@ async def test_language_choice(driver: Driver) -> None:
     assert "Unknown language" in texts(await driver.send(WANG, "/lang klingon"))
     assert "no longer valid" in texts(await driver.press_data(WANG, "lang:xx"))
     await driver.send(WANG, "/lang zh_CN")
-    assert "你可以使用" in texts(await driver.send(WANG, "/help"))
+    assert "您可以使用" in texts(await driver.send(WANG, "/help"))
     if driver.name != "console":
         menu = driver.tg.commands({"type": "chat", "chat_id": WANG.tg_id})
         assert menu and all(c["description"] for c in menu)
@@ -204,9 +206,17 @@ async def test_stale_and_forged_buttons(driver: Driver) -> None:
     members = await count(driver, Member)
     # Pressing the same confirm button again (a double tap, or later) changes nothing.
     assert "无效" in texts(await driver.press(WANG, confirm, WANG.name))
-    for data in ["zzz", "join:ok:999", "mem:abc:1", "mem:1:99999", "lang", "x" * 64, ":::"]:
+    forged = ["zzz", "join:ok:999", "mem:abc:1", "mem:1:99999", "mem:²:0", "lang", "x" * 64, ":::"]
+    for data in forged:
         reply = texts(await driver.press_data(WANG, data))
-        assert "无效" in reply or "没有做任何改动" in reply, (data, reply)
+        assert reply in (
+            "这个按钮已经无效，没有做任何改动。",
+            "抱歉，此按钮 需要支部书记权限，没有做任何改动。",
+        ), (data, reply)
+    # The admin gets past the role guard, so the handlers' own checks are what answer.
+    for data in [*forged, "mem:99999:0", "nm:edit:99999", "rsvp:99999:a", "leave:99999:ok"]:
+        reply = texts(await driver.press_data(ADMIN, data))
+        assert reply == "这个按钮已经无效，没有做任何改动。", (data, reply)
     assert await count(driver, Member) == members
     async with driver.app.sessionmaker() as session:
         assert await session.scalar(select(Invite.uses)) == 1
@@ -230,3 +240,87 @@ async def test_members_list_pages(driver: Driver) -> None:
     assert "1/2" in texts(shown)
     shown = await driver.press(ADMIN, shown[-1], "▶")
     assert "2/2" in texts(shown) and "成员24" in texts(shown)
+
+
+async def test_joining_step_understands_what_people_type(driver: Driver) -> None:
+    first, second = await invite(driver, "investigation"), await invite(driver, "prosecution")
+    await driver.send(WANG, first)
+    # A command half-way through reminds them where they are.
+    assert "您正在加入侦查监督党支部" in texts(await driver.send(WANG, "/help"))
+    # A corrected link from the secretary switches invites instead of becoming the name.
+    shown = await driver.send(WANG, second)
+    assert "公诉党支部" in texts(shown)
+    assert "不能以 /、# 或 @ 开头" in texts(await driver.send(WANG, "#2"))
+    assert "无法显示的字符" in texts(await driver.send(WANG, "王\u200b芳"))
+    assert "已取消" in texts(await driver.send(WANG, "取消"))
+    assert await member_named(driver, WANG.name) is None
+    await driver.send(WANG, f"邀请码：{second[:5]} {second[5:]}")  # pasted with a label and a space
+    shown = await driver.send(WANG, "王芳")
+    await driver.press(WANG, shown[-1], "王芳")
+    member = await member_named(driver, "王芳")
+    assert member is not None and member.branch.code == "prosecution"
+    assert "无需再次加入" in texts(await driver.send(WANG, second))
+
+
+async def test_cancel_command(driver: Driver) -> None:
+    code = await invite(driver)
+    await driver.send(WANG, code)
+    assert texts(await driver.send(WANG, "/cancel")) == "已取消，未保存任何内容。"
+    assert texts(await driver.send(WANG, "/cancel")) == "当前没有需要取消的操作。"
+
+
+async def test_privileged_invites_are_single_use_and_revocable(driver: Driver) -> None:
+    shown = await driver.send(ADMIN, "/invite investigation 书记")
+    assert "支部书记" in texts(shown) and "最多 1 人使用" in texts(shown)
+    code = driver.invite_code(shown)
+    await join(driver, WANG, code)
+    wang = await member_named(driver, WANG.name)
+    assert wang is not None and wang.role == "secretary"
+    assert "名额已用完" in texts(await driver.send(ZHAO, code))
+    member_code = await invite(driver)
+    assert "已撤回" in texts(await driver.send(ADMIN, f"/revoke {member_code}"))
+    assert "邀请码无效" in texts(await driver.send(ZHAO, member_code))
+    assert ("invite.revoke", "ok") in await audit_actions(driver)
+
+
+async def test_configured_admin_is_promoted_only_on_first_contact(driver: Driver) -> None:
+    await driver.send(ADMIN, "/me")
+    await join(driver, WANG, await invite(driver, "prosecution", "admin"))
+    admin = await member_named(driver, ADMIN.name)
+    assert admin is not None
+    await driver.send(WANG, f"/role #{admin.id} member")
+    assert "角色：党员" in texts(await driver.send(ADMIN, "/me"))
+
+
+async def test_names_in_either_language(driver: Driver) -> None:
+    await join(driver, WANG, await invite(driver))
+    assert "现在是支部书记" in texts(await driver.send(ADMIN, f"/role {WANG.name} 书记"))
+    assert "离退休干部党支部" in texts(await driver.send(ADMIN, f"/move {WANG.name} 离退休"))
+    suggestion = texts(await driver.send(ADMIN, "/deactivate 王"))
+    assert "您是不是要找" in suggestion and WANG.name in suggestion
+
+
+async def test_group_chats_get_nothing_private(driver: Driver) -> None:
+    if driver.name == "console":
+        return  # the console has no groups
+    code = await invite(driver)
+    before = await count(driver, MemberIdentity)
+    group = -100123
+    driver.tg.add_update(
+        {
+            "message": {
+                "message_id": 1,
+                "date": 0,
+                "chat": {"id": group, "type": "group", "title": "支部群"},
+                "from": {"id": WANG.tg_id, "is_bot": False, "first_name": WANG.name},
+                "text": f"/start {code}",
+                "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+            }
+        }
+    )
+    handled = driver.dispatcher.handled
+    async with asyncio.timeout(10):
+        await driver.dispatcher.wait_handled(handled + 1)
+    replies = [c for c in driver.tg.calls_to("sendMessage") if c.params["chat_id"] == group]
+    assert [c.params["text"] for c in replies] == ["请私聊我，群里的消息我不处理。"]
+    assert await count(driver, MemberIdentity) == before
