@@ -15,7 +15,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
-from bot.db.engine import create_engine, create_sessionmaker
+from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import Role
 from bot.features import deliveries, join, notices, profile, roster
 from bot.i18n import LANGUAGES, translator
@@ -62,6 +62,8 @@ class App:
         self._own_engine = engine is None
         self.engine = engine or create_engine(settings.database.url, echo=settings.database.echo)
         self.sessionmaker = create_sessionmaker(self.engine)
+        self.read_engine = create_read_engine(settings.database.url) if self._own_engine else None
+        self.read_sessionmaker = create_sessionmaker(self.read_engine) if self.read_engine else None
         self.router = build_router()
         self.dispatcher: Dispatcher | None = None
         self.sender: BroadcastSender | None = None
@@ -100,7 +102,9 @@ class App:
         self.scheduler = Scheduler(
             self.sessionmaker, services, self.router.jobs, worker_id=self.worker_id
         )
-        self.dispatcher = Dispatcher(self.router, services, self.sessionmaker, self.messenger)
+        self.dispatcher = Dispatcher(
+            self.router, services, self.sessionmaker, self.messenger, self.read_sessionmaker
+        )
         return self.dispatcher
 
     async def start(self, *, background: bool = True) -> None:
@@ -133,3 +137,5 @@ class App:
         await self.messenger.stop()
         if self._own_engine:
             await self.engine.dispose()
+        if self.read_engine is not None:
+            await self.read_engine.dispose()

@@ -19,7 +19,7 @@ from bot.config import Settings
 from bot.db.models import AuditLog, Broadcast, Conversation, DueJob, Member, MemberIdentity
 from bot.i18n import Translator, translator
 from bot.messenger import Button, ButtonPress, Capabilities, Event, OutMessage, Sender, SentRef
-from bot.text import Rich, as_rich
+from bot.text import Rich, as_rich, to_data
 
 if TYPE_CHECKING:
     from bot.routing import Router
@@ -87,6 +87,11 @@ class MenuUpdate:
 Outgoing = Reply | Edit | MenuUpdate
 
 
+class NeedsWrite(Exception):
+    """A handler tried to change something in a read-only attempt; run it again with a
+    write transaction (see ``Dispatcher._try_readonly``)."""
+
+
 class InvalidButton(Exception):
     """Raised by handlers when button data is malformed, stale or not this person's."""
 
@@ -147,6 +152,12 @@ class Context:
     toast: str | None = None
     # Set when the handler created deliveries; the dispatcher wakes the sender after commit.
     created_deliveries: bool = False
+    readonly: bool = False
+
+    def writing(self) -> None:
+        """Called before any change: a read-only attempt stops here and is redone."""
+        if self.readonly:
+            raise NeedsWrite
 
     # --- who and where -------------------------------------------------------------
 
@@ -187,10 +198,26 @@ class Context:
     async def notify(
         self, member: Member, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()
     ) -> None:
-        """Queue a message to another member, on their most recent identity here."""
-        chat_id = await self.chat_of(member)
-        if chat_id is not None:
-            self.outbox.append(Reply(chat_id, OutMessage(as_rich(text), buttons)))
+        """Send a message to another member, durably: it becomes a delivery row in this
+        transaction, so it is sent (and retried) even if this process dies right after
+        the commit. Write ``text`` in the recipient's language (:meth:`translator_for`)."""
+        self.writing()
+        from bot.broadcast import DIRECT, create_broadcast
+
+        message = {
+            "text": to_data(as_rich(text)),
+            "buttons": [[[b.label, b.data] for b in row] for row in buttons],
+        }
+        await create_broadcast(
+            self.session,
+            self.services,
+            kind=DIRECT,
+            member_ids=[member.id],
+            now=self.now,
+            created_by=self.member.id if self.member else None,
+            member_payloads={member.id: message},
+        )
+        self.created_deliveries = True
 
     async def chat_of(self, member: Member) -> str | None:
         row = await self.session.scalar(
@@ -226,6 +253,7 @@ class Context:
         note: str | None = None,
         **detail: Any,
     ) -> None:
+        self.writing()
         actor = self.member.name if self.member else self.sender.display_name
         self.session.add(
             AuditLog(
@@ -248,6 +276,7 @@ class Context:
         return self.conversation
 
     async def begin_flow(self, flow: str, step: str, data: dict[str, Any] | None = None) -> None:
+        self.writing()
         conv = await self.get_conversation()
         if conv is None:
             conv = Conversation(
@@ -267,6 +296,7 @@ class Context:
         """Close this person's open ``flow`` conversation and return its data; None when
         there is none, e.g. because the first of two quick taps already closed it. The
         DELETE … RETURNING makes the second tap lose, on any database."""
+        self.writing()
         result = await self.session.execute(
             delete(Conversation)
             .where(
@@ -283,6 +313,7 @@ class Context:
         return data
 
     async def end_flow(self) -> None:
+        self.writing()
         if await self.get_conversation() is not None:
             await self.session.delete(self.conversation)
             self.conversation = None

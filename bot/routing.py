@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.context import (
@@ -23,6 +24,7 @@ from bot.context import (
     InvalidButton,
     JobContext,
     MenuUpdate,
+    NeedsWrite,
     RenderContext,
     Reply,
     Services,
@@ -63,6 +65,8 @@ class CommandSpec:
     summary: str
     usage: str | None = None
     menu: bool = True
+    # Usually changes nothing: try it without taking the write lock (see Dispatcher).
+    readonly: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +112,11 @@ class Router:
         role: Role | None = Role.MEMBER,
         usage: str | None = None,
         menu: bool = True,
+        readonly: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self._claim(self.commands, name)
-            self.commands[name] = CommandSpec(name, handler, role, summary, usage, menu)
+            self.commands[name] = CommandSpec(name, handler, role, summary, usage, menu, readonly)
             return handler
 
         return register
@@ -224,10 +229,12 @@ class Dispatcher:
         services: Services,
         sessionmaker: async_sessionmaker[AsyncSession],
         messenger: Messenger,
+        read_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.router = router
         self.services = services
         self.sessionmaker = sessionmaker
+        self.read_sessionmaker = read_sessionmaker
         self.messenger = messenger
         # Events fully handled (committed and replied to); observed by tests and metrics.
         self.handled = 0
@@ -255,9 +262,11 @@ class Dispatcher:
             return
         ctx: Context | None = None
         try:
-            async with self.sessionmaker.begin() as session:
-                ctx = await self._context(event, session)
-                await self._route(ctx)
+            ctx = await self._try_readonly(event)
+            if ctx is None:
+                async with self.sessionmaker.begin() as session:
+                    ctx = await self._context(event, session)
+                    await self._route(ctx)
         except Exception:
             log.exception("handler failed; transaction rolled back")
             t = ctx.t if ctx is not None else self._guess_translator(event)
@@ -269,6 +278,35 @@ class Dispatcher:
         if ctx.created_deliveries and self.services.wake_sender is not None:
             self.services.wake_sender()
         await self._flush(ctx)
+
+    async def _try_readonly(self, event: Event) -> Context | None:
+        """Handle a read-only command without a write transaction, if it turns out to
+        need none; None means "do it again properly".
+
+        On SQLite every write transaction takes the database's single write lock, and
+        most traffic (/me, /help, lists) only reads. The read-only session cannot write
+        (SQLite's query_only), so a handler that does write after all — an audit entry
+        for a refusal, a first contact — fails here and is simply run again.
+        """
+        if self.read_sessionmaker is None or not isinstance(event, TextMessage):
+            return None
+        parsed = parse_command(event.text.strip())
+        spec = self.router.commands.get(parsed[0]) if parsed else None
+        if spec is None or not spec.readonly:
+            return None
+        try:
+            async with self.read_sessionmaker() as session:
+                ctx = await self._context(event, session, readonly=True)
+                await self._route(ctx)
+                if session.new or session.dirty or session.deleted:
+                    return None
+                return ctx
+        except NeedsWrite:
+            return None
+        except OperationalError as exc:
+            if "readonly" not in str(exc) and "read-only" not in str(exc):
+                raise
+            return None
 
     async def _in_group(self, event: Event) -> None:
         """Groups see nothing: invites, rosters and joining are private matters, and a
@@ -283,7 +321,9 @@ class Dispatcher:
         except MessengerError as exc:
             log.info("could not answer in a group: %s", exc)
 
-    async def _context(self, event: Event, session: AsyncSession) -> Context:
+    async def _context(
+        self, event: Event, session: AsyncSession, *, readonly: bool = False
+    ) -> Context:
         sender = event.sender
         identity = await session.scalar(
             select(MemberIdentity).where(
@@ -301,6 +341,7 @@ class Dispatcher:
             self._translator(member, event),
             self.services.clock.now(),
             member=member,
+            readonly=readonly,
         )
         for hook in self.router.before:
             await hook(ctx)

@@ -45,3 +45,24 @@ def _sqlite_engine(url: str, echo: bool, *, foreign_keys: bool) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def create_read_engine(url: str, *, echo: bool = False) -> AsyncEngine | None:
+    """An engine for read-only work on SQLite, which never takes the write lock.
+
+    Its connections refuse writes (``query_only``) and run each statement on its own,
+    without BEGIN/COMMIT round trips. None on PostgreSQL, where reads never block
+    writers and the main engine serves both.
+    """
+    if make_url(url).get_backend_name() != "sqlite":
+        return None
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    return engine

@@ -77,6 +77,7 @@ async def bootstrap_admin(ctx: Context) -> None:
     later changes their role, that change stands."""
     if ctx.member is not None or not ctx.services.is_configured_admin(ctx.sender):
         return
+    ctx.writing()
     branch = await ctx.session.get_one(Branch, ctx.services.org.admin_branch_id)
     name = tidy_name(ctx.sender.display_name)
     member = Member(

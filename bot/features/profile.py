@@ -11,7 +11,7 @@ from bot.routing import Router
 router = Router("profile")
 
 
-@router.command("help", role=None, summary=N_("What I can do for you"))
+@router.command("help", readonly=True, role=None, summary=N_("What I can do for you"))
 async def help_(ctx: Context) -> None:
     member = ctx.member
     if member is None or not member.active:
@@ -28,7 +28,7 @@ async def help_(ctx: Context) -> None:
     ctx.reply("\n".join(lines))
 
 
-@router.command("me", summary=N_("Your name, branch, role and joining date"))
+@router.command("me", readonly=True, summary=N_("Your name, branch, role and joining date"))
 async def me(ctx: Context) -> None:
     member, t = ctx.require_member(), ctx.t
     ctx.reply(

@@ -46,6 +46,7 @@ async def _refuse(ctx: Context, action: str, target: str, message: str) -> None:
 
 @router.command(
     "members",
+    readonly=True,
     role=Role.SECRETARY,
     summary=N_("List the members of a branch"),
     usage=N_("/members [branch]"),

@@ -22,7 +22,7 @@ PREFIX = "nm"
 RECENT_DAYS = 30
 
 
-@router.command("notices", summary=N_("Upcoming and recent notices"))
+@router.command("notices", readonly=True, summary=N_("Upcoming and recent notices"))
 async def notices(ctx: Context) -> None:
     member, t = ctx.require_member(), ctx.t
     query = select(Notice).where(
