@@ -17,7 +17,7 @@ from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import Role
-from bot.features import deliveries, join, notices, profile, roster
+from bot.features import deliveries, join, notices, nudges, profile, roster
 from bot.i18n import LANGUAGES, translator
 from bot.messenger import Messenger
 from bot.routing import Dispatcher, Router
@@ -35,7 +35,14 @@ ADAPTER_MODULES = {
 
 def build_router() -> Router:
     root = Router()
-    for feature in (profile.router, join.router, roster.router, notices.router, deliveries.router):
+    for feature in (
+        profile.router,
+        join.router,
+        roster.router,
+        notices.router,
+        nudges.router,
+        deliveries.router,
+    ):
         root.include(feature)
     return root
 

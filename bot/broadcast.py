@@ -490,11 +490,31 @@ class BroadcastSender:
     async def _complete(
         self, session: AsyncSession, broadcast_ids: set[int], now: datetime
     ) -> None:
+        """Mark finished broadcasts done and queue their senders' reports.
+
+        The conditional UPDATE is what decides "finished", so with several senders
+        exactly one of them sees each broadcast complete and reports it.
+        """
         still_open = exists().where(
             and_(Delivery.broadcast_id == Broadcast.id, Delivery.status.in_(OPEN_STATUSES))
         )
-        await session.execute(
+        finished = await session.execute(
             update(Broadcast)
             .where(Broadcast.id.in_(broadcast_ids), Broadcast.completed_at.is_(None), ~still_open)
             .values(completed_at=now)
+            .returning(Broadcast.id, Broadcast.payload)
         )
+        for broadcast_id, payload in finished.all():
+            report_to = (payload or {}).get("report_to")
+            if report_to is None:
+                continue
+            await create_broadcast(
+                session,
+                self.services,
+                kind=REPORT,
+                key=f"report:{broadcast_id}",
+                member_ids=[report_to],
+                now=now,
+                payload={"broadcast_id": broadcast_id, "label": payload.get("label", "")},
+            )
+            self.wake()

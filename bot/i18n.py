@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel import Locale
-from babel.dates import format_date, format_datetime
+from babel.dates import format_date, format_datetime, format_skeleton
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -88,8 +88,9 @@ class Translator:
         return format_datetime(value, format="medium", tzinfo=self.tz, locale=self.locale)
 
     def moment(self, value: dt.datetime) -> str:
-        """12月3日 星期四 14:30 — how people say when something happens."""
-        return format_datetime(value, "MMMd EEEE HH:mm", tzinfo=self.tz, locale=self.locale)
+        """12月3日周四 14:30 / Thu, Dec 3 14:30 — the weekday helps people plan."""
+        day = format_skeleton("MMMEd", value, tzinfo=self.tz, locale=self.locale)
+        return f"{day} {format_skeleton('Hm', value, tzinfo=self.tz, locale=self.locale)}"
 
     def time(self, value: dt.datetime) -> str:
         return format_datetime(value, format="HH:mm", tzinfo=self.tz, locale=self.locale)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -100,6 +101,8 @@ class Router:
         self.flows: dict[str, FlowSpec] = {}
         self.renderers: dict[str, Renderer] = {}
         self.jobs: dict[str, JobSpec] = {}
+        # Things that can be nudged about, by kind (see bot.features.nudges.NudgeSource).
+        self.nudge_sources: dict[str, Any] = {}
         self.before: list[Handler] = []
         self.unregistered: Handler | None = None
         self.fallbacks: list[Fallback] = []
@@ -188,6 +191,9 @@ class Router:
         for kind, job in other.jobs.items():
             self._claim(self.jobs, kind)
             self.jobs[kind] = job
+        for kind, source in other.nudge_sources.items():
+            self._claim(self.nudge_sources, kind)
+            self.nudge_sources[kind] = source
         self.before.extend(other.before)
         self.unregistered = other.unregistered or self.unregistered
         self.fallbacks.extend(other.fallbacks)

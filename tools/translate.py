@@ -27,8 +27,11 @@ def main(batch: str) -> int:
         catalog = read_po(fh, locale="zh_CN")
     filled = 0
     for message in catalog:
-        if message.id and message.id in translations:
-            message.string = translations[message.id]
+        # Plural messages are keyed by their singular; Chinese has one plural form.
+        key = message.id[0] if isinstance(message.id, tuple) else message.id
+        if key and key in translations:
+            value = translations[key]
+            message.string = (value,) if isinstance(message.id, tuple) else value
             filled += 1
     with PO.open("wb") as fh:
         write_po(fh, catalog, width=100, sort_output=False)

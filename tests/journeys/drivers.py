@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.app import App
+from bot.broadcast import SendBudget
 from bot.clock import ManualClock
 from bot.config import InviteSettings, Settings
 from bot.messenger import Button, Messenger
@@ -82,11 +83,24 @@ class Driver(ABC):
 
     async def start(self, database_url: str) -> None:
         self.clock = ManualClock(START)
+        self.database_url = database_url
+        await self._launch()
+
+    async def _launch(self) -> None:
         messenger = await self._start_messenger()
-        self.app = App(self.settings(database_url), messenger, clock=self.clock)
+        self.app = App(self.settings(self.database_url), messenger, clock=self.clock)
         # The sender and scheduler are driven step by step (settle(), tick()), so each
         # call returns exactly what one action caused.
         await self.app.start(background=False)
+        # Pacing has tests of its own (tests/test_broadcast.py); here it would only make
+        # every journey wait a second whenever one person gets two messages in a row.
+        assert self.app.sender is not None
+        self.app.sender.budget = SendBudget(10_000, 10_000)
+
+    async def restart(self) -> None:
+        """Stop the bot and start a new one on the same database, as after a deploy."""
+        await self.app.stop()
+        await self._launch()
 
     async def settle(self) -> None:
         """Send every delivery that is due now (notifications, notices, reports)."""
@@ -196,8 +210,9 @@ class TelegramDriver(Driver):
     async def _start_messenger(self) -> Messenger:
         from tests.fakes.telegram_api import FakeTelegram
 
-        self.tg = FakeTelegram()
-        await self.tg.start()
+        if not hasattr(self, "tg"):
+            self.tg = FakeTelegram()
+            await self.tg.start()
         if self.name == "ptb":
             from adapters.ptb.messenger import PTBMessenger
 

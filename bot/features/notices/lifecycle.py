@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from bot import scheduler
 from bot.broadcast import create_broadcast, withdraw
-from bot.context import Context, JobContext, RenderContext
+from bot.context import Context, JobContext, RenderContext, WorkContext
 from bot.db.models import Broadcast, Member, Notice
+from bot.features import nudges
 from bot.messenger import Button, OutMessage
 from bot.routing import Router
 from bot.text import bold, join
@@ -67,6 +68,15 @@ async def publish(ctx: Context, notice: Notice) -> None:
     )
     ctx.created_deliveries = True
     await schedule_reminders(ctx, notice)
+    if notice.rsvp:
+        await nudges.plan(
+            ctx.session,
+            ctx.services,
+            kind=NUDGE_KIND,
+            item_id=notice.id,
+            deadline=notice.starts_at,
+            now=ctx.now,
+        )
     await ctx.audit(
         "notice.send", f"{common.ref(notice)} {notice.title}", recipients=len(member_ids)
     )
@@ -140,6 +150,17 @@ async def update(ctx: Context, notice_id: int, draft: dict[str, Any]) -> None:
     if "time" in changed:
         await scheduler.cancel(ctx.session, prefix=f"notice:{notice.id}:remind:", now=ctx.now)
         await _reopen_reminders(ctx, notice)
+    if "time" in changed or "answers" in changed:
+        await nudges.unplan(ctx.session, kind=NUDGE_KIND, item_id=notice.id, now=ctx.now)
+        if notice.rsvp:
+            await nudges.plan(
+                ctx.session,
+                ctx.services,
+                kind=NUDGE_KIND,
+                item_id=notice.id,
+                deadline=notice.starts_at,
+                now=ctx.now,
+            )
     await ctx.audit("notice.edit", f"{common.ref(notice)} {notice.title}", changed=changed)
     ctx.reply(
         ctx.t(
@@ -167,6 +188,7 @@ async def _reopen_reminders(ctx: Context, notice: Notice) -> None:
 async def cancel(ctx: Context, notice: Notice) -> None:
     notice.status, notice.updated_at = "cancelled", ctx.now
     await scheduler.cancel(ctx.session, prefix=f"notice:{notice.id}:", now=ctx.now)
+    await nudges.unplan(ctx.session, kind=NUDGE_KIND, item_id=notice.id, now=ctx.now)
     reminders = await ctx.session.scalars(
         select(Broadcast.id).where(
             Broadcast.subject_id == notice.id, Broadcast.kind == "notice_reminder"
@@ -217,6 +239,44 @@ async def remind(ctx: JobContext) -> None:
         subject_id=notice.id,
         payload={"notice_id": notice.id},
     )
+
+
+# --- nudging those who have not answered -------------------------------------------------
+
+NUDGE_KIND = "notice"
+
+
+async def _missing(ctx: WorkContext, notice_id: int) -> list[Member] | None:
+    notice = await ctx.session.get(Notice, notice_id)
+    if notice is None or notice.status != "sent" or not notice.rsvp or notice.starts_at <= ctx.now:
+        return None
+    return [m for m in (await common.tally(ctx.session, notice)).no_answer if m.active]
+
+
+async def _label(ctx: RenderContext, notice_id: int) -> str | None:
+    notice = await ctx.session.get(Notice, notice_id)
+    if notice is None:
+        return None
+    return f"{common.ref(notice)} {notice.title} · {common.when(ctx.t, notice.starts_at)}"
+
+
+async def _nudge(ctx: RenderContext, notice_id: int) -> OutMessage | None:
+    notice = await ctx.session.get(Notice, notice_id)
+    if notice is None or notice.status != "sent" or notice.starts_at <= ctx.now:
+        return None
+    t = ctx.t
+    text = join(
+        [
+            bold(t("You have not answered yet: {title}", title=notice.title)),
+            t("Time: {when}", when=common.when(t, notice.starts_at)),
+            t("Place: {place}", place=notice.place),
+            t("Please tell us whether you will attend."),
+        ]
+    )
+    return OutMessage(text, answer_buttons(ctx, notice))
+
+
+router.nudge_sources[NUDGE_KIND] = nudges.NudgeSource(NUDGE_KIND, "N", _missing, _label, _nudge)
 
 
 # --- how members see it ------------------------------------------------------------------
