@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from alembic.util import CommandError
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from bot.content import ContentError, load_pack
 from bot.db import migrate
 from bot.db.engine import create_engine
+from bot.messenger import MessengerError, TransientFailure
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Zhibu: the branch organisation's chat assistant.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -27,8 +33,17 @@ def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        err.print(f"[red]Configuration error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail("Configuration error:", str(exc), code=2)
+
+
+def _database(action: Callable[[], Coroutine[Any, Any, T]], settings: Settings) -> T:
+    """Run a database command; failures become one line naming the setting."""
+    try:
+        return asyncio.run(action())
+    except CommandError as exc:  # an unknown revision, say
+        _fail("Cannot do that:", str(exc), settings)
+    except Exception as exc:
+        _fail("Cannot do that:", _explain(exc, settings), settings)
 
 
 def _logging(settings: Settings) -> None:
@@ -42,6 +57,33 @@ def _logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _fail(prefix: str, message: str, settings: Settings | None = None, code: int = 1) -> NoReturn:
+    """One line on stderr, never markup-parsed, never with the bot token in it."""
+    token = settings.telegram.token if settings is not None else None
+    if token is not None and token.get_secret_value():
+        message = message.replace(token.get_secret_value(), "<ZHIBU_TELEGRAM__TOKEN>")
+    err.print(f"{prefix} {' '.join(message.split())}", style="red", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def _explain(exc: BaseException, settings: Settings) -> str:
+    """What went wrong at start-up, in terms of the setting to look at."""
+    if isinstance(exc, ContentError):
+        return f"{ENV_PREFIX}CONTENT_PATH: {exc}"
+    if isinstance(exc, (SQLAlchemyError, ConnectionError)) or (
+        isinstance(exc, OSError) and not isinstance(exc, MessengerError)
+    ):
+        return f"{ENV_PREFIX}DATABASE__URL: cannot use the database ({exc})"
+    if isinstance(exc, TransientFailure):
+        return f"{ENV_PREFIX}TELEGRAM__API_URL: cannot reach {settings.telegram.api_url} ({exc})"
+    if isinstance(exc, MessengerError):
+        text = str(exc)
+        if "nauthorized" in text or "token" in text.lower() or "Not Found" in text:
+            return f"{ENV_PREFIX}TELEGRAM__TOKEN: Telegram rejected the token ({text})"
+        return f"the messenger refused to start: {text}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 @app.command()
 def run() -> None:
     """Run the bot: Telegram when a token is configured, otherwise the console."""
@@ -49,11 +91,11 @@ def run() -> None:
     _logging(settings)
     try:
         asyncio.run(_run(settings))
-    except (ContentError, ConnectionError, OSError) as exc:
-        err.print(f"[red]Cannot start:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        logging.getLogger(__name__).debug("start-up failed", exc_info=True)
+        _fail("Cannot start:", _explain(exc, settings), settings)
 
 
 async def _run(settings: Settings) -> None:
@@ -78,15 +120,24 @@ async def _run(settings: Settings) -> None:
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
     settings = _settings()
-    asyncio.run(migrate.upgrade(settings.database.url, revision))
+    _database(lambda: migrate.upgrade(settings.database.url, revision), settings)
     typer.echo(f"database at {revision}")
 
 
 @db_app.command("downgrade")
-def db_downgrade(revision: str) -> None:
+def db_downgrade(
+    revision: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm removing everything (base).")] = False,
+) -> None:
     """Undo migrations down to REVISION ("base" removes everything)."""
     settings = _settings()
-    asyncio.run(migrate.downgrade(settings.database.url, revision))
+    if revision == "base" and not yes:
+        _fail(
+            "Refusing:",
+            "downgrading to base deletes every table and all records; add --yes if you mean it",
+            code=2,
+        )
+    _database(lambda: migrate.downgrade(settings.database.url, revision), settings)
     typer.echo(f"database at {revision}")
 
 
@@ -102,7 +153,7 @@ def db_current() -> None:
         finally:
             await engine.dispose()
 
-    current, head = asyncio.run(read()), migrate.head_revision()
+    current, head = _database(read, settings), migrate.head_revision()
     state = "up to date" if current == head else f"pending migrations up to {head}"
     typer.echo(f"schema {current or 'empty'}: {state}")
 
@@ -114,8 +165,7 @@ def content_check() -> None:
     try:
         pack = load_pack(settings.content_path)
     except ContentError as exc:
-        err.print(f"[red]Invalid content:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail("Invalid content:", str(exc))
     typer.echo(
         f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}"
     )

@@ -8,12 +8,14 @@ names the setting in its environment-variable form.
 from __future__ import annotations
 
 import json
+import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from sqlalchemy.engine import make_url
 
 ENV_PREFIX = "ZHIBU_"
 DEFAULT_CONTENT = Path(__file__).resolve().parent.parent / "content" / "party"
@@ -167,6 +169,13 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings, turning validation errors into one readable line."""
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # A list or section given as something that is not JSON; name the section.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{match.group(1).upper()}" if match else ENV_PREFIX + "*"
+        raise ConfigError(
+            f"{name}…: a value is not valid JSON (write lists like [24, 1])"
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
@@ -175,6 +184,11 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(
             f"{ENV_PREFIX}TELEGRAM__TOKEN: required when {ENV_PREFIX}ADAPTER is {settings.adapter}"
         )
+    database = make_url(settings.database.url)
+    if database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:"):
+        folder = Path(database.database).resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"{ENV_PREFIX}DATABASE__URL: folder {folder} does not exist")
     if not settings.content_path.is_dir():
         raise ConfigError(f"{ENV_PREFIX}CONTENT_PATH: {settings.content_path} is not a directory")
     return settings

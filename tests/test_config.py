@@ -29,6 +29,11 @@ def test_defaults_run_the_console_on_sqlite() -> None:
     assert settings.database.url.startswith("sqlite+aiosqlite://")
 
 
+def test_admins_as_a_plain_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZHIBU_ADMINS", "telegram:1, telegram:2")
+    assert load_settings().admins == ["telegram:1", "telegram:2"]
+
+
 def test_nested_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text('ZHIBU_TELEGRAM__TOKEN=123:abc\nZHIBU_ADMINS=["telegram:42"]\n')
     monkeypatch.setenv("ZHIBU_TELEGRAM__API_URL", "http://127.0.0.1:8081/")
@@ -47,6 +52,9 @@ def test_nested_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path
         ({"ZHIBU_ADMINS": '["nobody"]'}, "ZHIBU_ADMINS"),
         ({"ZHIBU_INVITE__TTL_HOURS": "soon"}, "ZHIBU_INVITE__TTL_HOURS"),
         ({"ZHIBU_CONTENT_PATH": "/nonexistent"}, "ZHIBU_CONTENT_PATH"),
+        ({"ZHIBU_DATABASE__URL": "sqlite:////nonexistent/zhibu.db"}, "ZHIBU_DATABASE__URL"),
+        ({"ZHIBU_NOTICES__REMINDER_HOURS": "soon"}, "ZHIBU_NOTICES"),
+        ({"ZHIBU_ADMINS": "[not json"}, "ZHIBU_ADMINS"),
     ],
 )
 def test_bad_settings_name_the_setting(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import count
@@ -76,6 +77,9 @@ class ConsoleMessenger:
         self._on_close = on_close
         # Echo typed lines when reading a script, so the transcript reads like a chat.
         self._echo = (not self._in.isatty()) if echo is None else echo
+        self._interactive = self._in is sys.stdin and self._in.isatty()
+        if self._interactive:
+            import readline  # noqa: F401  (importing it is what turns on line editing)
         self._on_event: EventHandler | None = None
         self._task: asyncio.Task[None] | None = None
         self._buttons: dict[str, list[tuple[str, Button]]] = {}
@@ -104,17 +108,33 @@ class ConsoleMessenger:
         self._task = None
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            if not self._echo:
-                self._out.write(f"{self.user}> ")
-                self._out.flush()
-            line = await asyncio.to_thread(self._in.readline)
+            reply: asyncio.Future[str] = loop.create_future()
+            # A daemon thread per line, not asyncio.to_thread: a thread blocked in
+            # readline must not keep the process alive after Ctrl-C.
+            threading.Thread(target=self._read_line, args=(loop, reply), daemon=True).start()
+            line = await reply
             if not line:
                 break
             if not await self.feed(line.rstrip("\n")):
                 break
         if self._on_close is not None:
             self._on_close()
+
+    def _read_line(self, loop: asyncio.AbstractEventLoop, reply: asyncio.Future[str]) -> None:
+        try:
+            # input() gives line editing and history (readline) at a terminal.
+            line = input(f"{self.user}> ") + "\n" if self._interactive else self._in.readline()
+        except (EOFError, OSError, ValueError):
+            line = ""
+
+        def deliver() -> None:
+            if not reply.done():
+                reply.set_result(line)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed while we waited
+            loop.call_soon_threadsafe(deliver)
 
     async def feed(self, line: str) -> bool:
         """Handle one typed line as the current person; False means "quit"."""

@@ -37,11 +37,14 @@ def _check_foreign_keys(connection: Connection) -> None:
 
 async def _run_async() -> None:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "", migrating=True)
-    async with engine.connect() as connection:
-        await connection.run_sync(_run)
-        await connection.run_sync(_check_foreign_keys)
-        await connection.commit()
-    await engine.dispose()
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.run_sync(_check_foreign_keys)
+            await connection.commit()
+    finally:
+        # Also on failure: aiosqlite's worker thread must not outlive this event loop.
+        await engine.dispose()
 
 
 def run() -> None:
