@@ -364,3 +364,155 @@ class DueJob(Base):
     worker: Mapped[str | None] = mapped_column(String(64))
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(String(300))
+
+
+# --- quizzes ----------------------------------------------------------------------
+
+
+class QuestionKind(enum.StrEnum):
+    SINGLE = "single"
+    MULTIPLE = "multiple"
+    TRUE_FALSE = "truefalse"
+
+
+class QuestionBank(Base):
+    __tablename__ = "question_bank"
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "code", name="uq_question_bank_org_code"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    code: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(300))
+    loaded_at: Mapped[datetime]
+
+
+class Question(Base):
+    """One version of a question. Rows are never edited: a changed question becomes a
+    new row (and the old one inactive), so recorded answers keep meaning what they
+    meant and item analysis stays honest."""
+
+    __tablename__ = "question"
+    __table_args__ = (
+        UniqueConstraint("bank_id", "key", "version", name="uq_question_bank_key_version"),
+        CheckConstraint(
+            "kind IN ({})".format(", ".join(f"'{k.value}'" for k in QuestionKind)), name="kind"
+        ),
+        Index("ix_question_bank_active", "bank_id", "active"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bank_id: Mapped[int] = mapped_column(ForeignKey("question_bank.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(default=1)
+    # Hash of the content, to tell an unchanged question from an edited one on reload.
+    digest: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    options: Mapped[list[str]] = mapped_column(JSON)
+    # Indices into ``options`` of the correct choices (one for single and true/false).
+    answer: Mapped[list[int]] = mapped_column(JSON)
+    explanation: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class Quiz(Base):
+    __tablename__ = "quiz"
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'closed')", name="status"),
+        CheckConstraint("explanations IN ('each', 'end', 'never')", name="explanations"),
+        Index("ix_quiz_org_opens", "organisation_id", "opens_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    title: Mapped[str] = mapped_column(String(200))
+    bank_id: Mapped[int] = mapped_column(ForeignKey("question_bank.id"))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    question_count: Mapped[int]
+    shuffle_options: Mapped[bool] = mapped_column(default=True)
+    time_limit_seconds: Mapped[int | None]
+    opens_at: Mapped[datetime]
+    closes_at: Mapped[datetime]
+    attempts_allowed: Mapped[int] = mapped_column(default=1)
+    pass_mark: Mapped[int] = mapped_column(default=60)
+    excellent_mark: Mapped[int] = mapped_column(default=90)
+    explanations: Mapped[str] = mapped_column(String(8), default="end")
+    use_polls: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(8), default="open")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    created_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+
+    branches: Mapped[list[Branch]] = relationship(secondary="quiz_branch", lazy="selectin")
+
+
+class QuizBranch(Base):
+    __tablename__ = "quiz_branch"
+
+    quiz_id: Mapped[int] = mapped_column(ForeignKey("quiz.id"), primary_key=True)
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"), primary_key=True)
+
+
+class QuizExemption(Base):
+    """Approved leave from a quiz: the member leaves the 参考率 denominator."""
+
+    __tablename__ = "quiz_exemption"
+
+    quiz_id: Mapped[int] = mapped_column(ForeignKey("quiz.id"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(200))
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    decided_at: Mapped[datetime]
+
+
+class QuizAttempt(Base):
+    __tablename__ = "quiz_attempt"
+    __table_args__ = (
+        UniqueConstraint("quiz_id", "member_id", "number", name="uq_quiz_attempt_number"),
+        CheckConstraint("status IN ('in_progress', 'finished', 'timed_out')", name="status"),
+        CheckConstraint("source IN ('chat', 'offline')", name="source"),
+        Index("ix_quiz_attempt_quiz_member", "quiz_id", "member_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    quiz_id: Mapped[int] = mapped_column(ForeignKey("quiz.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"))
+    number: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="in_progress")
+    source: Mapped[str] = mapped_column(String(8), default="chat")
+    started_at: Mapped[datetime]
+    deadline_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # The position of the question being asked (0-based); questions before it are done.
+    position: Mapped[int] = mapped_column(default=0)
+    total: Mapped[int]
+    correct: Mapped[int] = mapped_column(default=0)
+    score: Mapped[float | None]
+    recorded_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+
+
+class QuizAnswer(Base):
+    """One question of one attempt: which question, in what option order, and what the
+    member chose (as indices into the question's own options)."""
+
+    __tablename__ = "quiz_answer"
+    __table_args__ = (Index("ix_quiz_answer_question", "question_id"),)
+
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("quiz_attempt.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    question_id: Mapped[int] = mapped_column(ForeignKey("question.id"))
+    # option_order[i] is the question option shown as choice i.
+    option_order: Mapped[list[int]] = mapped_column(JSON)
+    # Choices toggled so far (multiple choice), before submitting.
+    pending: Mapped[list[int]] = mapped_column(JSON, default=list)
+    selected: Mapped[list[int] | None] = mapped_column(JSON)
+    correct: Mapped[bool | None]
+    answered_at: Mapped[datetime | None]
+    # The chat message showing this question, so it can be edited as it is answered;
+    # for native polls, the poll's id.
+    message_id: Mapped[str | None] = mapped_column(String(64))
+    poll_id: Mapped[str | None] = mapped_column(String(64), index=True)
