@@ -7,6 +7,7 @@ stay thin translations of the same rules and cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bot.messenger import (
@@ -38,10 +39,22 @@ TELEGRAM_CAPABILITIES = Capabilities(
 
 # Update kinds the adapters ask getUpdates for; everything else (edits, channel posts,
 # member changes) is noise to the core.
-ALLOWED_UPDATES = ("message", "callback_query")
+ALLOWED_UPDATES = ("message", "callback_query", "poll_answer")
 
 # Callback-query toasts are cut off by Telegram with a 400 beyond this many characters.
 MAX_NOTICE_LENGTH = 200
+
+# Quiz-poll limits of the port (see Messenger.send_quiz_poll). Telegram itself now allows
+# up to 12 options and open periods far beyond 600 s; the port promises less so that
+# every messenger with native quizzes can keep the promise.
+MAX_POLL_QUESTION_LENGTH = 300
+MIN_POLL_OPTIONS = 2
+MAX_POLL_OPTIONS = 10
+MAX_POLL_OPTION_LENGTH = 100
+MAX_POLL_EXPLANATION_LENGTH = 200
+MAX_POLL_EXPLANATION_LINE_FEEDS = 2
+MIN_POLL_OPEN_PERIOD = 5
+MAX_POLL_OPEN_PERIOD = 600
 
 _LINK_SCHEMES = frozenset({"http", "https", "tg"})
 _TAGS = {Style.BOLD: "b", Style.ITALIC: "i", Style.CODE: "code"}
@@ -140,6 +153,90 @@ def check_buttons(rows: Sequence[Sequence[Button]]) -> None:
                 )
             if not button.label.strip():
                 raise MessengerError("button label is empty")
+
+
+@dataclass(frozen=True, slots=True)
+class QuizPoll:
+    """A checked quiz poll, ready for ``sendPoll`` (explanation already HTML)."""
+
+    chat_id: int | str
+    question: str
+    options: tuple[str, ...]
+    correct: int
+    explanation_html: str | None
+    open_period: int | None
+
+
+def quiz_poll(
+    chat_id: str,
+    question: str,
+    options: Sequence[str],
+    correct: int,
+    *,
+    explanation: str | None = None,
+    open_period: int | None = None,
+) -> QuizPoll:
+    """Check a quiz poll against the port's limits; refuse what Telegram would refuse.
+
+    The question and options go out as plain text (no parse mode); the explanation is
+    escaped for ``explanation_parse_mode=HTML``, as message texts are.
+    """
+    if not question.strip():
+        raise MessengerError("poll question is empty")
+    length = units(question)
+    if length > MAX_POLL_QUESTION_LENGTH:
+        raise MessengerError(
+            f"poll question is {length} units, over the limit of {MAX_POLL_QUESTION_LENGTH}"
+        )
+    if isinstance(options, str):
+        raise MessengerError("poll options must be a sequence of strings, not one string")
+    if not MIN_POLL_OPTIONS <= len(options) <= MAX_POLL_OPTIONS:
+        raise MessengerError(
+            f"a poll needs {MIN_POLL_OPTIONS}-{MAX_POLL_OPTIONS} options, got {len(options)}"
+        )
+    for index, option in enumerate(options):
+        if not option.strip():
+            raise MessengerError(f"poll option {index} is empty")
+        length = units(option)
+        if length > MAX_POLL_OPTION_LENGTH:
+            raise MessengerError(
+                f"poll option {index} is {length} units, over the limit of {MAX_POLL_OPTION_LENGTH}"
+            )
+    if isinstance(correct, bool) or not isinstance(correct, int):
+        raise MessengerError(f"correct option must be an index, got {correct!r}")
+    if not 0 <= correct < len(options):
+        raise MessengerError(f"correct option {correct} is not one of the {len(options)} options")
+    explanation_html: str | None = None
+    if explanation is not None and explanation.strip():
+        # Telegram trims surrounding whitespace before counting, as for messages.
+        shown = explanation.strip()
+        length = units(shown)
+        if length > MAX_POLL_EXPLANATION_LENGTH:
+            raise MessengerError(
+                f"poll explanation is {length} units, over the limit of "
+                f"{MAX_POLL_EXPLANATION_LENGTH}"
+            )
+        if shown.count("\n") > MAX_POLL_EXPLANATION_LINE_FEEDS:
+            raise MessengerError(
+                f"poll explanation has more than {MAX_POLL_EXPLANATION_LINE_FEEDS} line breaks"
+            )
+        explanation_html = _escape(shown)
+    if open_period is not None:
+        if isinstance(open_period, bool) or not isinstance(open_period, int):
+            raise MessengerError(f"open_period must be whole seconds, got {open_period!r}")
+        if not MIN_POLL_OPEN_PERIOD <= open_period <= MAX_POLL_OPEN_PERIOD:
+            raise MessengerError(
+                f"open_period must be {MIN_POLL_OPEN_PERIOD}-{MAX_POLL_OPEN_PERIOD} s, "
+                f"got {open_period}"
+            )
+    return QuizPoll(
+        chat_id=chat_id_param(chat_id),
+        question=question,
+        options=tuple(options),
+        correct=correct,
+        explanation_html=explanation_html,
+        open_period=open_period,
+    )
 
 
 def notice_text(notice: str | None) -> str | None:
@@ -246,6 +343,10 @@ def to_messenger_error(
 
 def is_not_modified(description: str) -> bool:
     return "message is not modified" in description.lower()
+
+
+def is_poll_closed(description: str) -> bool:
+    return "poll has already been closed" in description.lower()
 
 
 def is_stale_query(description: str) -> bool:

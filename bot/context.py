@@ -7,7 +7,7 @@ told "done" about something that was rolled back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.config import Settings
 from bot.db.models import AuditLog, Broadcast, Conversation, DueJob, Member, MemberIdentity
 from bot.i18n import Translator, translator
-from bot.messenger import Button, ButtonPress, Capabilities, Event, OutMessage, Sender, SentRef
+from bot.messenger import (
+    Button,
+    ButtonPress,
+    Capabilities,
+    Event,
+    OutMessage,
+    PollRef,
+    Sender,
+    SentRef,
+)
 from bot.text import Rich, as_rich, to_data
 
 if TYPE_CHECKING:
@@ -52,6 +61,8 @@ class Services:
     # Called after a transaction that created deliveries commits, so they go out now
     # rather than at the sender's next poll.
     wake_sender: Any = None  # Callable[[], None] | None
+    # Ready-made quizzes from the content pack, by code (bot.quizbank.QuizSpec).
+    quiz_definitions: dict[str, Any] = field(default_factory=dict)
 
     def is_configured_admin(self, sender: Sender) -> bool:
         return f"{sender.platform}:{sender.user_id}" in self.settings.admins
@@ -84,7 +95,21 @@ class MenuUpdate:
     role: str | None
 
 
-Outgoing = Reply | Edit | MenuUpdate
+@dataclass(frozen=True, slots=True)
+class QuizPoll:
+    """Send a native quiz poll; ``on_sent`` records its id in a transaction of its own
+    (the id exists only once the poll has been sent, after the event's commit)."""
+
+    chat_id: str
+    question: str
+    options: tuple[str, ...]
+    correct: int
+    explanation: str | None
+    open_period: int | None
+    on_sent: Callable[[AsyncSession, PollRef], Awaitable[None]]
+
+
+Outgoing = Reply | Edit | MenuUpdate | QuizPoll
 
 
 class NeedsWrite(Exception):

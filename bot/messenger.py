@@ -67,7 +67,24 @@ class UnsupportedMessage:
     private: bool = True
 
 
-Event = TextMessage | ButtonPress | UnsupportedMessage
+@dataclass(frozen=True, slots=True)
+class PollAnswer:
+    """A person's answer to a quiz poll the bot sent (see :meth:`Messenger.send_quiz_poll`).
+
+    ``poll_id`` is :attr:`PollRef.poll_id` of that poll and ``option_ids`` are 0-based
+    indexes into the options as they were sent. An empty ``option_ids`` means the person
+    retracted their vote. Poll answers carry no chat on Telegram: ``chat_id`` is the
+    person's private chat (their user id), where the bot can reply.
+    """
+
+    sender: Sender
+    poll_id: str
+    option_ids: tuple[int, ...]
+    chat_id: str
+    private: bool = True
+
+
+Event = TextMessage | ButtonPress | UnsupportedMessage | PollAnswer
 EventHandler = Callable[[Event], Awaitable[None]]
 
 
@@ -98,6 +115,16 @@ class SentRef:
 
     chat_id: str
     message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PollRef:
+    """Where a sent quiz poll lives: the message (to stop it) and the poll's own id,
+    which is what :class:`PollAnswer` events name."""
+
+    chat_id: str
+    message_id: str
+    poll_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +199,43 @@ class Messenger(Protocol):
 
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         """Acknowledge a button press (stops the spinner); ``notice`` shows as a toast."""
+        ...
+
+    async def send_quiz_poll(
+        self,
+        chat_id: str,
+        question: str,
+        options: Sequence[str],
+        correct: int,
+        *,
+        explanation: str | None = None,
+        open_period: int | None = None,
+    ) -> PollRef:
+        """Send a native, non-anonymous quiz poll; answers arrive as :class:`PollAnswer`.
+
+        ``correct`` is the 0-based index of the right option. ``explanation`` (plain text)
+        is shown after a wrong answer; ``open_period`` closes the poll after that many
+        seconds. All text is plain, never markup.
+
+        Limits, checked before anything is sent (a violation raises
+        :class:`MessengerError` and makes no call): the question is 1-300 characters,
+        there are 2-10 options of 1-100 characters each, ``correct`` indexes one of them,
+        the explanation is at most 200 characters and 2 line breaks, and
+        ``open_period`` is 5-600 seconds. Characters are counted as Telegram counts them
+        (UTF-16 code units: an emoji counts twice).
+
+        Adapters without ``capabilities.quiz_polls`` raise :class:`MessengerError`;
+        features should check the capability and fall back to buttons.
+        """
+        ...
+
+    async def stop_poll(self, ref: PollRef) -> None:
+        """Close a poll early so nobody can answer any more.
+
+        Stopping a poll that is already closed (stopped before, or its ``open_period``
+        ran out) is not an error. Adapters without quiz polls raise
+        :class:`MessengerError`.
+        """
         ...
 
     async def set_commands(

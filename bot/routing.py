@@ -26,6 +26,7 @@ from bot.context import (
     JobContext,
     MenuUpdate,
     NeedsWrite,
+    QuizPoll,
     RenderContext,
     Reply,
     Services,
@@ -39,6 +40,7 @@ from bot.messenger import (
     Messenger,
     MessengerError,
     OutMessage,
+    PollAnswer,
     TextMessage,
     UnsupportedMessage,
 )
@@ -105,6 +107,8 @@ class Router:
         self.nudge_sources: dict[str, Any] = {}
         self.before: list[Handler] = []
         self.unregistered: Handler | None = None
+        # Answers to native quiz polls (one feature owns polls: quizzes).
+        self.poll_answers: Handler | None = None
         self.fallbacks: list[Fallback] = []
 
     def command(
@@ -196,6 +200,7 @@ class Router:
             self.nudge_sources[kind] = source
         self.before.extend(other.before)
         self.unregistered = other.unregistered or self.unregistered
+        self.poll_answers = other.poll_answers or self.poll_answers
         self.fallbacks.extend(other.fallbacks)
 
     @staticmethod
@@ -384,6 +389,14 @@ class Dispatcher:
                 await self._unregistered(ctx)
         elif isinstance(event, TextMessage):
             await self._route_text(ctx, event, registered)
+        elif (
+            # Strangers' answers and retracted votes change nothing.
+            isinstance(event, PollAnswer)
+            and registered
+            and event.option_ids
+            and self.router.poll_answers is not None
+        ):
+            await self.router.poll_answers(ctx)
 
     async def _route_text(self, ctx: Context, event: TextMessage, registered: bool) -> None:
         text = event.text.strip()
@@ -511,6 +524,8 @@ class Dispatcher:
                     await self._send(item, limit)
                 elif isinstance(item, Edit):
                     await self.messenger.edit(item.ref, item.message)
+                elif isinstance(item, QuizPoll):
+                    await self._send_poll(item)
                 elif isinstance(item, MenuUpdate):
                     await self._update_menu(item)
             except MessengerError as exc:
@@ -524,6 +539,18 @@ class Dispatcher:
             last = i == len(pieces) - 1
             buttons = item.message.buttons if last else ()
             await self.messenger.send(item.chat_id, OutMessage(piece, buttons))
+
+    async def _send_poll(self, item: QuizPoll) -> None:
+        ref = await self.messenger.send_quiz_poll(
+            item.chat_id,
+            item.question,
+            item.options,
+            item.correct,
+            explanation=item.explanation,
+            open_period=item.open_period,
+        )
+        async with self.sessionmaker.begin() as session:
+            await item.on_sent(session, ref)
 
     async def _update_menu(self, item: MenuUpdate) -> None:
         if not self.services.capabilities.command_menu:

@@ -237,6 +237,132 @@ async def test_documents_photos_and_polls(
     assert await ag.send_chat_action(USER, "typing")
 
 
+@pytest.mark.filterwarnings("error")
+async def test_quiz_poll_fields_as_telegram_keeps_them(
+    ptb: telegram.Bot, ag: aiogram.Bot, tg: FakeTelegram
+) -> None:
+    tg.known_chat(USER)
+    quiz = await ag.send_poll(
+        USER,
+        "谁?",
+        ["甲", "乙", "丙"],
+        type="quiz",
+        is_anonymous=False,
+        correct_option_ids=[2],
+        explanation="<b>丙</b> & 见第 3 条",
+        explanation_parse_mode="HTML",
+        open_period=60,
+    )
+    assert quiz.poll is not None
+    assert quiz.poll.correct_option_ids == [2]
+    assert quiz.poll.explanation == "丙 & 见第 3 条"
+    assert quiz.poll.explanation_entities is not None
+    (bold,) = quiz.poll.explanation_entities
+    assert (bold.type, bold.offset, bold.length) == ("bold", 0, 1)
+    assert quiz.poll.open_period == 60 and quiz.poll.close_date is not None
+
+    again = await ptb.send_poll(
+        USER, "2+2?", ["3", "4"], type="quiz", is_anonymous=False, correct_option_ids=[1]
+    )
+    assert again.poll is not None and again.poll.id != quiz.poll.id
+    assert again.poll.correct_option_ids == (1,)
+    assert [p["id"] for p in tg.polls_to(USER)] == [quiz.poll.id, again.poll.id]
+    assert tg.polls_to(OTHER) == []
+
+    with pytest.raises(BadRequest, match="explanation is too long"):
+        await ptb.send_poll(
+            USER, "q", ["a", "b"], type="quiz", correct_option_ids=[0], explanation="x" * 201
+        )
+    with pytest.raises(BadRequest, match="line feeds"):
+        await ptb.send_poll(
+            USER, "q", ["a", "b"], type="quiz", correct_option_ids=[0], explanation="1\n2\n3\n4"
+        )
+    with pytest.raises(BadRequest, match="open period"):
+        await ptb.send_poll(
+            USER, "q", ["a", "b"], type="quiz", correct_option_ids=[0], open_period=3
+        )
+    with pytest.raises(TelegramBadRequest, match="can't be used together"):
+        await ag.send_poll(USER, "q", ["a", "b"], open_period=10, close_date=int(time.time()) + 60)
+
+
+@pytest.mark.filterwarnings("error")
+async def test_poll_answers_reach_both_libraries_and_count_votes(
+    ptb: telegram.Bot, ag: aiogram.Bot, tg: FakeTelegram
+) -> None:
+    tg.known_chat(USER)
+    quiz = await ptb.send_poll(
+        USER, "2+2?", ["3", "4"], type="quiz", is_anonymous=False, correct_option_ids=[1]
+    )
+    assert quiz.poll is not None
+    first = tg.user_answers_poll(USER, quiz.poll.id, [1], first_name="张", username="zs")
+    (update,) = await ptb.get_updates()
+    assert update.update_id == first
+    answer = update.poll_answer
+    assert answer is not None and answer.user is not None
+    assert (answer.poll_id, answer.option_ids, answer.user.id) == (quiz.poll.id, (1,), USER)
+    assert answer.option_persistent_ids == ("1",)
+    assert answer.user.username == "zs" and answer.user.first_name == "张"
+    assert update.effective_chat is None  # poll answers name no chat
+    (ag_update,) = await ag.get_updates()
+    assert ag_update.poll_answer is not None
+    assert ag_update.poll_answer.option_ids == [1]
+    (poll,) = tg.polls_to(USER)
+    assert [o["voter_count"] for o in poll["options"]] == [0, 1]
+    assert poll["total_voter_count"] == 1
+    # Quizzes take one answer and no second thoughts.
+    with pytest.raises(ValueError, match="vote again"):
+        tg.user_answers_poll(USER, quiz.poll.id, [0])
+    with pytest.raises(ValueError, match="no option"):
+        tg.user_answers_poll(OTHER, quiz.poll.id, [2])
+
+    vote = await ag.send_poll(USER, "来吗?", ["来", "不来"], is_anonymous=False)
+    assert vote.poll is not None
+    tg.user_answers_poll(OTHER, vote.poll.id, [0])
+    tg.user_answers_poll(OTHER, vote.poll.id, [1])
+    with pytest.raises(ValueError, match="one answer only"):
+        tg.user_answers_poll(USER, vote.poll.id, [0, 1])
+    assert [o["voter_count"] for o in tg.polls_to(USER)[1]["options"]] == [0, 1]
+    tg.user_answers_poll(OTHER, vote.poll.id, [])
+    retracted = tg.polls_to(USER)[1]
+    assert retracted["total_voter_count"] == 0
+    assert [o["voter_count"] for o in retracted["options"]] == [0, 0]
+    with pytest.raises(ValueError, match="to retract"):
+        tg.user_answers_poll(OTHER, vote.poll.id, [])
+    updates = await ptb.get_updates(offset=first + 1)
+    assert [u.poll_answer.option_ids for u in updates if u.poll_answer] == [(0,), (1,), ()]
+
+    anonymous = await ag.send_poll(USER, "匿名?", ["是", "否"])
+    assert anonymous.poll is not None
+    with pytest.raises(ValueError, match="anonymous"):
+        tg.user_answers_poll(USER, anonymous.poll.id, [0])
+    # An id the fake never issued only queues the update.
+    tg.user_answers_poll(USER, "123", [0])
+
+
+async def test_polls_close_when_their_open_period_runs_out(
+    ptb: telegram.Bot, tg: FakeTelegram
+) -> None:
+    tg.known_chat(USER)
+    sent = await ptb.send_poll(
+        USER,
+        "q",
+        ["a", "b"],
+        type="quiz",
+        is_anonymous=False,
+        correct_option_ids=[0],
+        open_period=5,
+    )
+    assert sent.poll is not None
+    assert tg.polls_to(USER)[0]["is_closed"] is False
+    start = tg.clock()
+    tg.clock = lambda: start + 5
+    assert tg.polls_to(USER)[0]["is_closed"] is True
+    with pytest.raises(ValueError, match="closed"):
+        tg.user_answers_poll(USER, sent.poll.id, [0])
+    with pytest.raises(BadRequest, match="already been closed"):
+        await ptb.stop_poll(USER, sent.message_id)
+
+
 # --- updates ----------------------------------------------------------------------------
 
 

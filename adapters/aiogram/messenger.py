@@ -18,7 +18,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.enums import ChatType, ParseMode
+from aiogram.enums import ChatType, ParseMode, PollType
 from aiogram.exceptions import (
     AiogramError,
     ClientDecodeError,
@@ -45,6 +45,7 @@ from aiogram.types import (
     TelegramObject,
     User,
 )
+from aiogram.types import PollAnswer as TelegramPollAnswer
 
 from adapters import telegram_html as tg
 from bot.messenger import (
@@ -56,6 +57,8 @@ from bot.messenger import (
     EventHandler,
     MessengerError,
     OutMessage,
+    PollAnswer,
+    PollRef,
     Sender,
     SentRef,
     TextMessage,
@@ -150,6 +153,20 @@ def _press_event(query: CallbackQuery) -> ButtonPress | None:
     )
 
 
+def _poll_answer_event(answer: TelegramPollAnswer) -> PollAnswer | None:
+    # A vote cast on behalf of a chat (an anonymous admin, a channel) has no person
+    # behind it; Telegram fills ``user`` with a placeholder then.
+    if answer.user is None or answer.voter_chat is not None:
+        return None
+    sender = _sender(answer.user)
+    return PollAnswer(
+        sender=sender,
+        poll_id=answer.poll_id,
+        option_ids=tuple(answer.option_ids),
+        chat_id=sender.user_id,
+    )
+
+
 def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
     if not rows:
         return None
@@ -218,6 +235,7 @@ class AiogramMessenger:
             dispatcher.update.outer_middleware(self._track)
             dispatcher.message.register(self._on_message)
             dispatcher.callback_query.register(self._on_callback)
+            dispatcher.poll_answer.register(self._on_poll_answer)
             running = asyncio.Event()
 
             async def started() -> None:
@@ -291,6 +309,11 @@ class AiogramMessenger:
             return
         await self._deliver(event, query.id)
 
+    async def _on_poll_answer(self, answer: TelegramPollAnswer) -> None:
+        event = _poll_answer_event(answer)
+        if event is not None:
+            await self._deliver(event, answer.poll_id)
+
     async def _deliver(self, event: Event, origin: object) -> None:
         on_event = self._on_event
         if on_event is None:
@@ -358,6 +381,62 @@ class AiogramMessenger:
             # way, and the press itself is still handled.
             if tg.is_stale_query(exc.message):
                 log.debug("callback query %s too old to answer: %s", press.press_id, exc)
+                return
+            raise to_port_error(exc) from exc
+        except AiogramError as exc:
+            raise to_port_error(exc) from exc
+
+    async def send_quiz_poll(
+        self,
+        chat_id: str,
+        question: str,
+        options: Sequence[str],
+        correct: int,
+        *,
+        explanation: str | None = None,
+        open_period: int | None = None,
+    ) -> PollRef:
+        quiz = tg.quiz_poll(
+            chat_id,
+            question,
+            options,
+            correct,
+            explanation=explanation,
+            open_period=open_period,
+        )
+        bot = self._bot_or_raise()
+        with _port_errors():
+            sent = await bot.send_poll(
+                chat_id=quiz.chat_id,
+                question=quiz.question,
+                options=list(quiz.options),
+                # The bot's default parse mode (HTML) would otherwise apply to the
+                # question, which is plain text, and to the (absent) description.
+                question_parse_mode=None,
+                description_parse_mode=None,
+                is_anonymous=False,
+                type=PollType.QUIZ,
+                # Bot API 9.6 list form; correct_option_id is deprecated.
+                correct_option_ids=[quiz.correct],
+                explanation=quiz.explanation_html,
+                explanation_parse_mode=ParseMode.HTML if quiz.explanation_html else None,
+                open_period=quiz.open_period,
+            )
+        if sent.poll is None:
+            raise MessengerError("sendPoll answered without a poll")
+        return PollRef(
+            chat_id=str(sent.chat.id), message_id=str(sent.message_id), poll_id=sent.poll.id
+        )
+
+    async def stop_poll(self, ref: PollRef) -> None:
+        bot = self._bot_or_raise()
+        try:
+            await bot.stop_poll(
+                chat_id=tg.chat_id_param(ref.chat_id), message_id=int(ref.message_id)
+            )
+        except TelegramBadRequest as exc:
+            # Stopped before, or its open period ran out: closed either way.
+            if tg.is_poll_closed(exc.message):
                 return
             raise to_port_error(exc) from exc
         except AiogramError as exc:

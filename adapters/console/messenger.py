@@ -22,7 +22,9 @@ from bot.messenger import (
     Capabilities,
     CommandInfo,
     EventHandler,
+    MessengerError,
     OutMessage,
+    PollRef,
     Sender,
     SentRef,
     TextMessage,
@@ -214,6 +216,22 @@ class ConsoleMessenger:
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         # The console has no toasts; a notice also arrives as a reply when it matters.
         return None
+
+    async def send_quiz_poll(
+        self,
+        chat_id: str,
+        question: str,
+        options: Sequence[str],
+        correct: int,
+        *,
+        explanation: str | None = None,
+        open_period: int | None = None,
+    ) -> PollRef:
+        # capabilities.quiz_polls is False: quizzes run on buttons here.
+        raise MessengerError("the console has no native quiz polls")
+
+    async def stop_poll(self, ref: PollRef) -> None:
+        raise MessengerError("the console has no native quiz polls")
 
     async def set_commands(
         self,

@@ -21,8 +21,10 @@ from telegram import (
     InlineKeyboardMarkup,
     LinkPreviewOptions,
     Message,
+    Poll,
     Update,
 )
+from telegram import PollAnswer as TelegramPollAnswer
 from telegram.constants import ChatType, ParseMode
 from telegram.error import (
     BadRequest,
@@ -47,6 +49,8 @@ from bot.messenger import (
     EventHandler,
     MessengerError,
     OutMessage,
+    PollAnswer,
+    PollRef,
     Sender,
     SentRef,
     TextMessage,
@@ -135,6 +139,20 @@ def _press_event(query: CallbackQuery) -> ButtonPress | None:
         press_id=query.id,
         message_id=str(query.message.message_id),
         private=query.message.chat.type == ChatType.PRIVATE,
+    )
+
+
+def _poll_answer_event(answer: TelegramPollAnswer) -> PollAnswer | None:
+    # A vote cast on behalf of a chat (an anonymous admin, a channel) has no person
+    # behind it; Telegram fills ``user`` with a placeholder then.
+    if answer.user is None or answer.voter_chat is not None:
+        return None
+    sender = _sender(answer.user)
+    return PollAnswer(
+        sender=sender,
+        poll_id=answer.poll_id,
+        option_ids=tuple(answer.option_ids),
+        chat_id=sender.user_id,
     )
 
 
@@ -251,6 +269,8 @@ class PTBMessenger:
                 return
         elif update.message is not None:
             event = _message_event(update.message)
+        elif update.poll_answer is not None:
+            event = _poll_answer_event(update.poll_answer)
         else:
             return
         if event is None:
@@ -312,6 +332,58 @@ class PTBMessenger:
             # way, and the press itself is still handled.
             if tg.is_stale_query(exc.message):
                 log.debug("callback query %s too old to answer: %s", press.press_id, exc)
+                return
+            raise to_port_error(exc) from exc
+        except TelegramError as exc:
+            raise to_port_error(exc) from exc
+
+    async def send_quiz_poll(
+        self,
+        chat_id: str,
+        question: str,
+        options: Sequence[str],
+        correct: int,
+        *,
+        explanation: str | None = None,
+        open_period: int | None = None,
+    ) -> PollRef:
+        quiz = tg.quiz_poll(
+            chat_id,
+            question,
+            options,
+            correct,
+            explanation=explanation,
+            open_period=open_period,
+        )
+        bot = self._bot_app().bot
+        with _port_errors():
+            sent = await bot.send_poll(
+                chat_id=quiz.chat_id,
+                question=quiz.question,
+                options=list(quiz.options),
+                is_anonymous=False,
+                type=Poll.QUIZ,
+                # Bot API 9.6 list form; PTB 22.8 deprecates (and warns on) correct_option_id.
+                correct_option_ids=[quiz.correct],
+                explanation=quiz.explanation_html,
+                explanation_parse_mode=ParseMode.HTML if quiz.explanation_html else None,
+                open_period=quiz.open_period,
+            )
+        if sent.poll is None:
+            raise MessengerError("sendPoll answered without a poll")
+        return PollRef(
+            chat_id=str(sent.chat.id), message_id=str(sent.message_id), poll_id=sent.poll.id
+        )
+
+    async def stop_poll(self, ref: PollRef) -> None:
+        bot = self._bot_app().bot
+        try:
+            await bot.stop_poll(
+                chat_id=tg.chat_id_param(ref.chat_id), message_id=int(ref.message_id)
+            )
+        except BadRequest as exc:
+            # Stopped before, or its open period ran out: closed either way.
+            if tg.is_poll_closed(exc.message):
                 return
             raise to_port_error(exc) from exc
         except TelegramError as exc:

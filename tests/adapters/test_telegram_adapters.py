@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from telegram import error as ptb_errors
 
 from adapters.aiogram.messenger import AiogramMessenger
 from adapters.aiogram.messenger import to_port_error as aiogram_to_port_error
+from adapters.console.messenger import ConsoleMessenger
 from adapters.ptb.messenger import PTBMessenger
 from adapters.ptb.messenger import to_port_error as ptb_to_port_error
 from bot.messenger import (
@@ -29,6 +31,8 @@ from bot.messenger import (
     Messenger,
     MessengerError,
     OutMessage,
+    PollAnswer,
+    PollRef,
     RateLimited,
     RecipientUnreachable,
     SentRef,
@@ -357,6 +361,219 @@ async def test_invite_link_uses_bot_username(messenger: Messenger, tg: FakeTeleg
     assert messenger.invite_link("AbC123") == f"https://t.me/{tg.bot_username}?start=AbC123"
 
 
+# --- quiz polls -------------------------------------------------------------------
+
+
+def _option_texts(options: list[Any]) -> list[str]:
+    # PTB sends InputPollOption objects, aiogram plain strings; Telegram takes both.
+    return [o["text"] if isinstance(o, dict) else o for o in options]
+
+
+# The libraries deprecate correct_option_id (Bot API 9.6): any warning here is a failure.
+@pytest.mark.filterwarnings("error")
+async def test_quiz_poll_is_sent_as_a_native_quiz(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    await first_contact(tg, inbox)
+    ref = await messenger.send_quiz_poll(
+        str(USER),
+        "1 < 2 & 3 > 2?",
+        ["对 <b>", "错 & 否"],
+        0,
+        explanation="因为 1 < 2 & <i>显然</i>",
+        open_period=60,
+    )
+    [call] = tg.calls_to("sendPoll")
+    params = call.params
+    assert params["type"] == "quiz"
+    assert params["is_anonymous"] is False
+    assert params["correct_option_ids"] == [0]
+    assert "correct_option_id" not in params
+    assert params["question"] == "1 < 2 & 3 > 2?"
+    assert "question_parse_mode" not in params  # plain text, not the bot's default HTML
+    assert _option_texts(params["options"]) == ["对 <b>", "错 & 否"]
+    assert all("text_parse_mode" not in o for o in params["options"] if isinstance(o, dict))
+    assert params["explanation"] == "因为 1 &lt; 2 &amp; &lt;i&gt;显然&lt;/i&gt;"
+    assert params["explanation_parse_mode"] == "HTML"
+    assert params["open_period"] == 60
+
+    [poll] = tg.polls_to(USER)
+    [message] = tg.messages_to(USER)
+    assert ref == PollRef(
+        chat_id=str(USER), message_id=str(message["message_id"]), poll_id=poll["id"]
+    )
+    assert poll["type"] == "quiz" and poll["is_anonymous"] is False
+    assert poll["correct_option_ids"] == [0]
+    assert poll["explanation"] == "因为 1 < 2 & <i>显然</i>"
+    assert "explanation_entities" not in poll
+    assert poll["open_period"] == 60 and poll["is_closed"] is False
+    assert [o["text"] for o in poll["options"]] == ["对 <b>", "错 & 否"]
+
+    # Without the optional parts nothing about them is sent; each poll has its own id.
+    second = await messenger.send_quiz_poll(str(USER), "2+2?", ["3", "4", "5"], 1)
+    plain_call = tg.calls_to("sendPoll")[-1].params
+    for absent in ("explanation", "explanation_parse_mode", "open_period"):
+        assert absent not in plain_call
+    assert plain_call["correct_option_ids"] == [1]
+    assert second.poll_id != ref.poll_id
+    assert second.message_id != ref.message_id
+
+
+@pytest.mark.filterwarnings("error")
+async def test_poll_answer_becomes_poll_answer(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    await first_contact(tg, inbox)
+    ref = await messenger.send_quiz_poll(str(USER), "哪一年?", ["1921", "1949"], 0)
+    tg.user_answers_poll(
+        USER, ref.poll_id, [1], first_name="张", username="zhangsan", language_code="en"
+    )
+    event = await inbox.next()
+    assert event == PollAnswer(
+        sender=event.sender,
+        poll_id=ref.poll_id,
+        option_ids=(1,),
+        chat_id=str(USER),
+        private=True,
+    )
+    sender = event.sender
+    assert (sender.platform, sender.user_id, sender.display_name) == ("telegram", str(USER), "张")
+    assert (sender.username, sender.language_code) == ("zhangsan", "en")
+    [poll] = tg.polls_to(USER)
+    assert [o["voter_count"] for o in poll["options"]] == [0, 1]
+
+    # A retracted vote (possible on polls that allow revoting) arrives with no options.
+    tg.user_answers_poll(USER, "5999", [])
+    retracted = await inbox.next()
+    assert isinstance(retracted, PollAnswer)
+    assert (retracted.poll_id, retracted.option_ids) == ("5999", ())
+
+
+async def test_poll_answers_on_behalf_of_a_chat_are_ignored(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    # Telegram puts a placeholder user next to the chat that voted.
+    placeholder = {"id": 136817688, "is_bot": True, "first_name": "Channel"}
+    group = {"id": -1005555, "type": "supergroup", "title": "支部群"}
+    tg.add_update(
+        {
+            "poll_answer": {
+                "poll_id": "77",
+                "voter_chat": group,
+                "user": placeholder,
+                "option_ids": [0],
+                "option_persistent_ids": ["0"],
+            }
+        }
+    )
+    tg.user_says(USER, "after the vote")
+    event = await inbox.next()
+    assert isinstance(event, TextMessage) and event.text == "after the vote"
+    assert inbox.queue.empty()
+
+
+async def test_poll_answers_are_asked_for(messenger: Messenger, tg: FakeTelegram) -> None:
+    call = await tg.wait_for(lambda c: c.method == "getUpdates")
+    assert set(call.params["allowed_updates"]) == {"message", "callback_query", "poll_answer"}
+
+
+async def test_stop_poll_closes_it_and_is_idempotent(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    await first_contact(tg, inbox)
+    ref = await messenger.send_quiz_poll(str(USER), "对吗?", ["对", "错"], 0, open_period=30)
+    await messenger.stop_poll(ref)
+    [call] = tg.calls_to("stopPoll")
+    assert str(call.params["chat_id"]) == ref.chat_id
+    assert str(call.params["message_id"]) == ref.message_id
+    assert call.status == 200
+    [poll] = tg.polls_to(USER)
+    assert poll["is_closed"] is True
+    # Already closed: Telegram says so with a 400, which is not the caller's problem.
+    await messenger.stop_poll(ref)
+    assert tg.calls_to("stopPoll")[-1].status == 400
+
+
+async def test_stop_poll_after_the_open_period_ran_out(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    await first_contact(tg, inbox)
+    ref = await messenger.send_quiz_poll(str(USER), "对吗?", ["对", "错"], 0, open_period=5)
+    later = tg.clock() + 6
+    tg.clock = lambda: later
+    await messenger.stop_poll(ref)
+    assert tg.polls_to(USER)[0]["is_closed"] is True
+
+
+async def test_stop_poll_of_a_missing_message_is_an_error(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    await first_contact(tg, inbox)
+    with pytest.raises(MessengerError, match="poll to stop not found"):
+        await messenger.stop_poll(PollRef(str(USER), "999", "1"))
+
+
+_BAD_QUIZZES: dict[str, dict[str, Any]] = {
+    "one option": {"options": ["唯一"]},
+    "eleven options": {"options": [f"选项{i}" for i in range(11)]},
+    "long explanation": {"explanation": "解" * 201},
+    "open period 3": {"open_period": 3},
+    "open period 601": {"open_period": 601},
+    "three line feeds": {"explanation": "a\nb\nc\nd"},
+    "long question": {"question": "问" * 301},
+    "empty question": {"question": "  "},
+    "long option": {"options": ["对", "x" * 101]},
+    "empty option": {"options": ["对", " "]},
+    "emoji count twice": {"options": ["对", "👍" * 51]},
+    "correct out of range": {"correct": 2},
+    "negative correct": {"correct": -1},
+}
+
+
+@pytest.mark.parametrize("bad", list(_BAD_QUIZZES.values()), ids=list(_BAD_QUIZZES))
+async def test_invalid_quiz_poll_is_refused_before_any_call(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox, bad: dict[str, Any]
+) -> None:
+    await first_contact(tg, inbox)
+    before = [c for c in tg.calls if c.method != "getUpdates"]
+    quiz: dict[str, Any] = {"question": "对吗?", "options": ["对", "错"], "correct": 0, **bad}
+    with pytest.raises(MessengerError):
+        await messenger.send_quiz_poll(
+            str(USER),
+            quiz.pop("question"),
+            quiz.pop("options"),
+            quiz.pop("correct"),
+            **quiz,
+        )
+    assert [c for c in tg.calls if c.method != "getUpdates"] == before
+
+
+async def test_quiz_poll_at_the_limits_is_sent(
+    messenger: Messenger, tg: FakeTelegram, inbox: Inbox
+) -> None:
+    await first_contact(tg, inbox)
+    await messenger.send_quiz_poll(
+        str(USER),
+        "问" * 300,
+        ["x" * 100, *(f"选项{i}" for i in range(9))],
+        9,
+        explanation="解\n释\n" + "解" * 196,
+        open_period=600,
+    )
+    await messenger.send_quiz_poll(str(USER), "对吗?", ["对", "错"], 1, open_period=5)
+    assert [c.status for c in tg.calls_to("sendPoll")] == [200, 200]
+
+
+async def test_console_has_no_quiz_polls() -> None:
+    console = ConsoleMessenger(stdin=io.StringIO(), stdout=io.StringIO())
+    assert isinstance(console, Messenger)
+    assert not console.capabilities.quiz_polls
+    with pytest.raises(MessengerError):
+        await console.send_quiz_poll("admin", "对吗?", ["对", "错"], 0)
+    with pytest.raises(MessengerError):
+        await console.stop_poll(PollRef("admin", "1", "1"))
+
+
 # --- errors -----------------------------------------------------------------------
 
 
@@ -536,6 +753,10 @@ async def test_satisfies_the_port_without_a_server(cls: type[Any]) -> None:
         await adapter.send("1", OutMessage(plain("x")))
     with pytest.raises(RuntimeError):
         adapter.invite_link("x")
+    with pytest.raises(RuntimeError):
+        await adapter.send_quiz_poll("1", "对吗?", ["对", "错"], 0)
+    with pytest.raises(RuntimeError):
+        await adapter.stop_poll(PollRef("1", "1", "1"))
 
 
 # --- translating what the fake cannot inject ------------------------------------------

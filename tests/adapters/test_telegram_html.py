@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,9 +18,11 @@ from adapters.telegram_html import (
     command_language,
     invite_link,
     is_not_modified,
+    is_poll_closed,
     is_stale_query,
     long_poll_seconds,
     notice_text,
+    quiz_poll,
     render,
     safe_link_url,
     to_messenger_error,
@@ -252,6 +255,60 @@ def test_small_helpers() -> None:
     assert notice_text("short") == "short"
     long = notice_text("x" * 500)
     assert long is not None and len(long) == 200
+
+
+def test_quiz_poll_is_checked_and_escaped() -> None:
+    quiz = quiz_poll(
+        "-100123",
+        "<b>谁</b> & 何时?",
+        ["甲", "乙"],
+        1,
+        explanation="  因为 <i>a</i> & b\n见第 3 条  ",
+        open_period=600,
+    )
+    assert quiz.chat_id == -100123
+    assert quiz.question == "<b>谁</b> & 何时?"  # sent without a parse mode
+    assert quiz.options == ("甲", "乙")
+    assert quiz.correct == 1
+    assert quiz.explanation_html == "因为 &lt;i&gt;a&lt;/i&gt; &amp; b\n见第 3 条"
+    assert quiz.open_period == 600
+    bare = quiz_poll("1", "q", ["a", "b"], 0, explanation="   ")
+    assert bare.explanation_html is None and bare.open_period is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"question": ""}, "question is empty"),
+        ({"question": "😀" * 151}, "question is 302 units"),
+        ({"options": ["a"]}, "2-10 options, got 1"),
+        ({"options": [str(i) for i in range(11)]}, "2-10 options, got 11"),
+        ({"options": "ab"}, "not one string"),
+        ({"options": ["a", ""]}, "option 1 is empty"),
+        ({"options": ["a", "b" * 101]}, "option 1 is 101 units"),
+        ({"correct": 2}, "not one of the 2 options"),
+        ({"correct": True}, "must be an index"),
+        ({"explanation": "x" * 201}, "explanation is 201 units"),
+        ({"explanation": "1\n2\n3\n4"}, "line breaks"),
+        ({"open_period": 4}, "5-600 s, got 4"),
+        ({"open_period": 601}, "5-600 s, got 601"),
+        ({"open_period": 30.0}, "whole seconds"),
+    ],
+)
+def test_quiz_poll_limits(changes: dict[str, Any], reason: str) -> None:
+    args: dict[str, Any] = {"question": "q", "options": ["a", "b"], "correct": 0, **changes}
+    with pytest.raises(MessengerError, match=re.escape(reason)):
+        quiz_poll("1", args.pop("question"), args.pop("options"), args.pop("correct"), **args)
+
+
+def test_quiz_poll_accepts_the_limits() -> None:
+    quiz_poll("1", "😀" * 150, ["😀" * 50, *"bcdefghij"], 9, explanation="x" * 200)
+    quiz_poll("1", "q", ["a", "b"], 0, explanation="1\n2\n3", open_period=5)
+
+
+def test_is_poll_closed() -> None:
+    assert is_poll_closed("Bad Request: poll has already been closed")
+    assert not is_poll_closed("Bad Request: message with poll to stop not found")
 
 
 class _Msg:

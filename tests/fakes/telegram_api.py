@@ -22,7 +22,7 @@ import math
 import mimetypes
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http import HTTPStatus
@@ -41,6 +41,11 @@ MAX_CAPTION_LENGTH: Final = 1024
 MAX_CALLBACK_DATA_BYTES: Final = 64
 MAX_CALLBACK_ANSWER_LENGTH: Final = 200
 MAX_POLL_OPTIONS: Final = 12
+MAX_POLL_EXPLANATION_LENGTH: Final = 200
+MAX_POLL_EXPLANATION_LINE_FEEDS: Final = 2
+# Bot API 9.x: 5 s to a month (older documentation, and the port, say 600 s at most).
+MIN_POLL_OPEN_PERIOD: Final = 5
+MAX_POLL_OPEN_PERIOD: Final = 2_628_000
 # Real Telegram holds a long poll for at most 50 s; a shorter cap keeps a forgotten
 # poller from delaying a test run.
 MAX_LONG_POLL: Final = 30.0
@@ -417,6 +422,9 @@ class FakeTelegram:
         self.bot_id = bot_id
         self.calls: list[Call] = []
         self.rate_limited = 0
+        # Wall clock for poll close dates; a test may replace it to let an open period
+        # run out without sleeping.
+        self.clock: Callable[[], float] = time.time
 
         self._bot_user: JSONDict = {
             "id": bot_id,
@@ -441,6 +449,10 @@ class FakeTelegram:
         self._callback_ids = itertools.count(4_000_000_000_000_000_001)
         self._file_ids = itertools.count(1)
         self._poll_ids = itertools.count(5_000_000_000_000_000_001)
+        # Poll id -> (chat id, message id) of the message carrying it.
+        self._polls: dict[str, tuple[int, int]] = {}
+        # (poll id, user id) -> the options that user currently has chosen.
+        self._votes: dict[tuple[str, int], list[int]] = {}
         self._commands: dict[tuple[str, str], list[JSONDict]] = {}
 
         self._faults: dict[str, list[_Fault]] = {}
@@ -625,6 +637,64 @@ class FakeTelegram:
         )
         return query_id
 
+    def user_answers_poll(
+        self,
+        user_id: int,
+        poll_id: str,
+        option_ids: Sequence[int],
+        *,
+        first_name: str = "User",
+        username: str | None = None,
+        language_code: str | None = "zh-hans",
+    ) -> int:
+        """``user_id`` answers a poll (empty ``option_ids``: retracts); returns the update id.
+
+        Like Telegram, the update is a ``poll_answer`` with no chat, and the stored poll's
+        vote counts follow. A poll id the bot did not send here only queues the update.
+        What real Telegram would never report is a mistake in the test and raises
+        ``ValueError``: an answer to an anonymous poll (Telegram sends no ``poll_answer``
+        for those), to a closed poll, with an option the poll does not have, or a changed
+        or retracted vote where the poll does not allow revoting (quizzes by default).
+        """
+        chosen = list(option_ids)
+        persistent_ids = [str(i) for i in chosen]
+        where = self._polls.get(poll_id)
+        if where is not None:
+            chat_id, message_id = where
+            chat = self._chats[chat_id]
+            message = chat.messages.get(message_id)
+            if message is not None:
+                poll = message["poll"]
+                if poll["is_anonymous"]:
+                    raise ValueError(f"poll {poll_id} is anonymous: Telegram reports no answers")
+                if self._poll_closed(poll):
+                    raise ValueError(f"poll {poll_id} is closed")
+                options = poll["options"]
+                if not all(isinstance(i, int) and 0 <= i < len(options) for i in chosen):
+                    raise ValueError(f"poll {poll_id} has no option among {chosen}")
+                if len(chosen) > 1 and not poll["allows_multiple_answers"]:
+                    raise ValueError(f"poll {poll_id} allows one answer only")
+                if (poll_id, user_id) in self._votes and not poll["allows_revoting"]:
+                    raise ValueError(f"poll {poll_id} does not let user {user_id} vote again")
+                if not chosen and (poll_id, user_id) not in self._votes:
+                    raise ValueError(f"user {user_id} has no vote in poll {poll_id} to retract")
+                persistent_ids = [options[i]["persistent_id"] for i in chosen]
+                chat.messages[message_id] = {
+                    **message,
+                    "poll": self._count_vote(poll, user_id, chosen),
+                }
+        user = self._user(user_id, first_name, None, username, language_code)
+        return self.add_update(
+            {
+                "poll_answer": {
+                    "poll_id": poll_id,
+                    "user": user,
+                    "option_ids": chosen,
+                    "option_persistent_ids": persistent_ids,
+                }
+            }
+        )
+
     def add_update(self, update: JSONDict) -> int:
         """Queue a raw update for ``getUpdates``; assigns ``update_id`` if missing."""
         update_id = update.get("update_id")
@@ -656,6 +726,21 @@ class FakeTelegram:
         """Messages the bot sent to the chat and has not deleted, as they look now."""
         chat = self._chats.get(chat_id)
         return list(chat.messages.values()) if chat is not None else []
+
+    def polls_to(self, chat_id: int) -> list[JSONDict]:
+        """Polls in the messages the bot sent to the chat (not deleted), as they look now.
+
+        Each is the ``poll`` object Telegram would return from ``stopPoll``: ``is_closed``,
+        vote counts, ``correct_option_ids``, the parsed ``explanation`` and its
+        ``explanation_entities``, ``open_period`` and ``close_date``.
+        """
+        polls: list[JSONDict] = []
+        for message in self.messages_to(chat_id):
+            poll = message.get("poll")
+            if poll is not None:
+                closed = self._poll_closed(poll)
+                polls.append({**poll, "is_closed": closed} if closed else poll)
+        return polls
 
     def callback_answer(self, callback_query_id: str) -> Call | None:
         """The successful ``answerCallbackQuery`` call for that query, if any."""
@@ -1190,12 +1275,79 @@ class FakeTelegram:
             # Bot API 9.6 replaced correct_option_id; PTB warns when it sees the old field.
             poll["correct_option_ids"] = correct
             if params.get("explanation"):
-                poll["explanation"] = params["explanation"]
+                explanation, entities = _parse_text(
+                    params["explanation"],
+                    params.get("explanation_parse_mode"),
+                    params.get("explanation_entities"),
+                    limit=MAX_POLL_EXPLANATION_LENGTH,
+                    too_long="Bad Request: poll explanation is too long",
+                )
+                if explanation.count("\n") > MAX_POLL_EXPLANATION_LINE_FEEDS:
+                    raise _error("Bad Request: poll explanation has too many line feeds")
+                if explanation:
+                    poll["explanation"] = explanation
+                    if entities:
+                        poll["explanation_entities"] = entities
+        open_period = params.get("open_period")
+        close_date = params.get("close_date")
+        if open_period is not None and close_date is not None:
+            raise _error("Bad Request: open_period and close_date can't be used together")
+        if open_period is not None:
+            if (
+                isinstance(open_period, bool)
+                or not isinstance(open_period, int)
+                or not MIN_POLL_OPEN_PERIOD <= open_period <= MAX_POLL_OPEN_PERIOD
+            ):
+                raise _error("Bad Request: wrong open period specified")
+            poll["open_period"] = open_period
+            poll["close_date"] = int(self.clock()) + open_period
+        elif close_date is not None:
+            if (
+                isinstance(close_date, bool)
+                or not isinstance(close_date, int)
+                or not MIN_POLL_OPEN_PERIOD
+                <= close_date - int(self.clock())
+                <= MAX_POLL_OPEN_PERIOD
+            ):
+                raise _error("Bad Request: wrong close date specified")
+            poll["close_date"] = close_date
         markup = _inline_markup(params.get("reply_markup"))
         content: JSONDict = {"poll": poll}
         if markup is not None:
             content["reply_markup"] = markup
-        return self._store_sent(chat, now, content)
+        message = self._store_sent(chat, now, content)
+        self._polls[poll["id"]] = (chat.id, message["message_id"])
+        return message
+
+    def _poll_closed(self, poll: JSONDict) -> bool:
+        """Stopped, or its ``close_date`` has passed (Telegram closes it by itself)."""
+        close_date = poll.get("close_date")
+        return bool(poll["is_closed"]) or (
+            isinstance(close_date, int) and self.clock() >= close_date
+        )
+
+    def _count_vote(self, poll: JSONDict, user_id: int, chosen: list[int]) -> JSONDict:
+        """The poll after ``user_id`` changes their vote to ``chosen``."""
+        key = (poll["id"], user_id)
+        before = self._votes.get(key, [])
+        counts = [option["voter_count"] for option in poll["options"]]
+        for index in before:
+            counts[index] -= 1
+        for index in chosen:
+            counts[index] += 1
+        voters = poll["total_voter_count"] + (bool(chosen) - bool(before))
+        if chosen:
+            self._votes[key] = chosen
+        else:
+            self._votes.pop(key, None)
+        return {
+            **poll,
+            "options": [
+                {**option, "voter_count": count}
+                for option, count in zip(poll["options"], counts, strict=True)
+            ],
+            "total_voter_count": voters,
+        }
 
     def _stop_poll(self, params: JSONDict) -> JSONDict:
         chat = self._target_chat(params, sending=False)
@@ -1203,7 +1355,7 @@ class FakeTelegram:
         message = chat.messages.get(message_id) if isinstance(message_id, int) else None
         if message is None or "poll" not in message:
             raise _error("Bad Request: message with poll to stop not found")
-        if message["poll"]["is_closed"]:
+        if self._poll_closed(message["poll"]):
             raise _error("Bad Request: poll has already been closed")
         poll = {**message["poll"], "is_closed": True}
         updated = {**message, "poll": poll}
