@@ -118,6 +118,9 @@ async def create_broadcast(
         )
     for chunk in range(0, len(rows), 1000):
         await session.execute(insert(Delivery), rows[chunk : chunk + 1000])
+    if not any(row["status"] == PENDING for row in rows):
+        # No sender will ever claim a row of it, so nobody else would finish it.
+        await _finish(session, services, {broadcast.id}, now)
     return broadcast
 
 
@@ -161,10 +164,13 @@ async def resend(
         )
         .values(status=PENDING, attempts=0, next_attempt_at=now, error=None, lease_until=None)
     )
-    await session.execute(
-        update(Broadcast).where(Broadcast.id == broadcast_id).values(completed_at=None)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    queued = int(result.rowcount)  # type: ignore[attr-defined]
+    if queued:
+        # Reopened only when something was queued: nothing else would finish it again.
+        await session.execute(
+            update(Broadcast).where(Broadcast.id == broadcast_id).values(completed_at=None)
+        )
+    return queued
 
 
 async def withdraw(session: AsyncSession, broadcast_ids: Iterable[int], reason: str) -> int:
@@ -175,6 +181,50 @@ async def withdraw(session: AsyncSession, broadcast_ids: Iterable[int], reason: 
         .values(status=FAILED, error=f"withdrawn: {reason}"[:300])
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def _finish(
+    session: AsyncSession, services: Services, broadcast_ids: set[int], now: datetime
+) -> bool:
+    """Mark finished broadcasts done and queue their senders' reports; True if any was.
+
+    The conditional UPDATE is what decides "finished", so with several senders exactly
+    one of them sees each broadcast complete and reports it. The broadcast rows are
+    locked first (PostgreSQL): two senders recording a broadcast's last rows at once
+    would otherwise each still see the other's rows in flight, and neither finish it.
+    Waiting for the lock, the second one then sees the first one's rows committed.
+    """
+    await session.execute(
+        select(Broadcast.id)
+        .where(Broadcast.id.in_(broadcast_ids))
+        .order_by(Broadcast.id)
+        .with_for_update()
+    )
+    still_open = exists().where(
+        and_(Delivery.broadcast_id == Broadcast.id, Delivery.status.in_(OPEN_STATUSES))
+    )
+    finished = await session.execute(
+        update(Broadcast)
+        .where(Broadcast.id.in_(broadcast_ids), Broadcast.completed_at.is_(None), ~still_open)
+        .values(completed_at=now)
+        .returning(Broadcast.id, Broadcast.payload)
+    )
+    reported = False
+    for broadcast_id, payload in finished.all():
+        report_to = (payload or {}).get("report_to")
+        if report_to is None:
+            continue
+        await create_broadcast(
+            session,
+            services,
+            kind=REPORT,
+            key=f"report:{broadcast_id}",
+            member_ids=[report_to],
+            now=now,
+            payload={"broadcast_id": broadcast_id, "label": payload.get("label", "")},
+        )
+        reported = True
+    return reported
 
 
 async def counts(session: AsyncSession, broadcast_id: int) -> dict[str, int]:
@@ -199,7 +249,10 @@ class SendBudget:
 
     def __init__(self, per_second: float, per_chat_per_second: float) -> None:
         self._global = AsyncLimiter(1, 1.0 / per_second)
-        self._chat_gap = 1.0 / per_chat_per_second
+        # 5% over the exact gap: two requests to one chat a whole gap apart here can
+        # reach the server a millisecond closer (a fresh connection for the first one),
+        # and at one message a second that alone is a 429.
+        self._chat_gap = 1.05 / per_chat_per_second
         self._chat_next: OrderedDict[str, float] = OrderedDict()
         self._paused_until = 0.0
 
@@ -224,6 +277,10 @@ class SendBudget:
     def paused(self) -> bool:
         return time.monotonic() < self._paused_until
 
+    async def resumed(self) -> None:
+        """Return once no 429 pause is in force."""
+        await self._wait_pause()
+
     async def _wait_pause(self) -> None:
         # A loop, not an event: another 429 while waiting pushes the end further out.
         while (delay := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
@@ -241,6 +298,11 @@ class _Claimed:
     language: str
     payload: dict[str, Any] | None
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class _RenderFailed:
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,10 +386,16 @@ class BroadcastSender:
 
     async def send_due(self) -> int:
         """Claim one window of due deliveries, send them, record the outcomes."""
+        # Rows claimed during a 429 pause would only be given straight back, again and
+        # again until it ends: a busy loop of write transactions.
+        await self.budget.resumed()
         now = self.services.clock.now()
         claimed = await self._claim(now)
         if not claimed:
             return 0
+        # Shared messages are rendered once per window and language, never kept longer:
+        # a notice edited while its broadcast is going out must not keep its old text.
+        self._rendered.clear()
         messages = await self._render(claimed, now)
         outcomes = await asyncio.gather(*(self._send_one(row, messages) for row in claimed))
         await self._record(dict(zip((row.id for row in claimed), outcomes, strict=True)), claimed)
@@ -336,11 +404,15 @@ class BroadcastSender:
     async def _claim(self, now: datetime) -> list[_Claimed]:
         async with self.sessionmaker.begin() as session:
             # Rows a dead sender left claimed may or may not have gone out.
-            await session.execute(
+            stale = await session.execute(
                 update(Delivery)
                 .where(Delivery.status == SENDING, Delivery.lease_until < now)
                 .values(status=UNKNOWN, error="the sender stopped while sending")
+                .returning(Delivery.broadcast_id)
             )
+            if stale_broadcasts := set(stale.scalars()):
+                # They may have been their broadcasts' last open rows.
+                await self._complete(session, stale_broadcasts, now)
             due = (
                 select(Delivery.id)
                 .where(Delivery.status == PENDING, Delivery.next_attempt_at <= now)
@@ -374,9 +446,9 @@ class BroadcastSender:
 
     async def _render(
         self, claimed: Sequence[_Claimed], now: datetime
-    ) -> dict[int, OutMessage | None]:
+    ) -> dict[int, OutMessage | _RenderFailed | None]:
         """The message for each claimed row; shared ones are rendered once per language."""
-        out: dict[int, OutMessage | None] = {}
+        out: dict[int, OutMessage | _RenderFailed | None] = {}
         async with self.sessionmaker() as session:
             broadcasts = {
                 b.id: b
@@ -389,7 +461,15 @@ class BroadcastSender:
                 if row.payload is None and cache_key in self._rendered:
                     out[row.id] = self._rendered[cache_key]
                     continue
-                message = await self._render_one(session, broadcasts[row.broadcast_id], row, now)
+                try:
+                    message = await self._render_one(
+                        session, broadcasts[row.broadcast_id], row, now
+                    )
+                except Exception as exc:
+                    # One bad row must not leave its whole window claimed ("unknown").
+                    log.exception("rendering delivery %s failed", row.id)
+                    out[row.id] = _RenderFailed(f"could not render the message: {exc!r}"[:300])
+                    continue
                 out[row.id] = message
                 if row.payload is None:
                     self._rendered[cache_key] = message
@@ -414,11 +494,18 @@ class BroadcastSender:
         )
         return await render(ctx)
 
-    async def _send_one(self, row: _Claimed, messages: Mapping[int, OutMessage | None]) -> _Outcome:
+    async def _send_one(
+        self, row: _Claimed, messages: Mapping[int, OutMessage | _RenderFailed | None]
+    ) -> _Outcome:
         message = messages[row.id]
         if message is None:
             return _Outcome(FAILED, row.attempts, error="withdrawn: nothing to send any more")
+        if isinstance(message, _RenderFailed):
+            return _Outcome(FAILED, row.attempts, error=message.error)
         pieces = split(message.text, self.services.capabilities.max_text_length)
+        if not pieces:
+            # Blank text: nothing would go out, so it must not be recorded as sent.
+            return _Outcome(FAILED, row.attempts, error="nothing to send: the message is empty")
         if self.budget.paused:
             # Not attempted: give the claim back without counting an attempt.
             return _Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
@@ -452,6 +539,11 @@ class BroadcastSender:
             )
         except MessengerError as exc:
             return _Outcome(FAILED, row.attempts, error=str(exc)[:300])
+        except Exception as exc:
+            # An adapter bug must not lose the window's other outcomes (they would all
+            # end up "unknown"); this row is recorded as failed, with the reason.
+            log.exception("unexpected error sending delivery %s", row.id)
+            return _Outcome(FAILED, row.attempts, error=f"unexpected error: {exc!r}"[:300])
         return _Outcome(
             SENT,
             row.attempts,
@@ -490,31 +582,5 @@ class BroadcastSender:
     async def _complete(
         self, session: AsyncSession, broadcast_ids: set[int], now: datetime
     ) -> None:
-        """Mark finished broadcasts done and queue their senders' reports.
-
-        The conditional UPDATE is what decides "finished", so with several senders
-        exactly one of them sees each broadcast complete and reports it.
-        """
-        still_open = exists().where(
-            and_(Delivery.broadcast_id == Broadcast.id, Delivery.status.in_(OPEN_STATUSES))
-        )
-        finished = await session.execute(
-            update(Broadcast)
-            .where(Broadcast.id.in_(broadcast_ids), Broadcast.completed_at.is_(None), ~still_open)
-            .values(completed_at=now)
-            .returning(Broadcast.id, Broadcast.payload)
-        )
-        for broadcast_id, payload in finished.all():
-            report_to = (payload or {}).get("report_to")
-            if report_to is None:
-                continue
-            await create_broadcast(
-                session,
-                self.services,
-                kind=REPORT,
-                key=f"report:{broadcast_id}",
-                member_ids=[report_to],
-                now=now,
-                payload={"broadcast_id": broadcast_id, "label": payload.get("label", "")},
-            )
+        if await _finish(session, self.services, broadcast_ids, now):
             self.wake()
