@@ -17,9 +17,10 @@ from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import Role
-from bot.features import deliveries, join, notices, nudges, profile, roster
+from bot.features import deliveries, join, notices, nudges, profile, quizzes, roster
 from bot.i18n import LANGUAGES, translator
 from bot.messenger import Messenger
+from bot.quizbank import load_pack_banks, store_bank
 from bot.routing import Dispatcher, Router
 from bot.scheduler import Scheduler
 
@@ -40,6 +41,7 @@ def build_router() -> Router:
         join.router,
         roster.router,
         notices.router,
+        quizzes.router,
         nudges.router,
         deliveries.router,
     ):
@@ -80,10 +82,16 @@ class App:
     async def prepare(self) -> Dispatcher:
         """Load the content pack into the database and build the dispatcher."""
         pack = load_pack(self.settings.content_path)
+        # Validate every bank before touching the database: a bad file stops start-up
+        # with its path and field, and nothing is half-loaded.
+        banks, quiz_specs = load_pack_banks(self.settings.content_path)
         async with self.sessionmaker.begin() as session:
-            org = await sync_pack(session, pack, self.clock.now())
+            now = self.clock.now()
+            org = await sync_pack(session, pack, now)
             home = await admin_branch_id(session, pack, org)
             info = OrgInfo(org.id, org.code, org.name, org.name_en, org.timezone, home)
+            for bank in banks:
+                await store_bank(session, org.id, bank, now)
         capabilities = self.messenger.capabilities
         services = Services(
             settings=self.settings,
@@ -93,6 +101,7 @@ class App:
             router=self.router,
             invite_link=self.messenger.invite_link,
             clock=self.clock,
+            quiz_definitions={spec.code: spec for spec in quiz_specs},
         )
         # Stay a little under the platform's limits: its counting window and ours never
         # line up exactly, and a 429 costs far more than the few percent kept back.

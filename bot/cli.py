@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import getpass
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -14,10 +18,20 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
-from bot.content import ContentError, load_pack
+from bot.content import ContentError, Pack, load_pack, sync_pack
 from bot.db import migrate
-from bot.db.engine import create_engine
+from bot.db.engine import create_engine, create_sessionmaker
+from bot.db.models import AuditLog
 from bot.messenger import MessengerError, TransientFailure
+from bot.quizbank import (
+    BankError,
+    BankSpec,
+    StoreResult,
+    load_bank_file,
+    load_pack_banks,
+    read_spreadsheet,
+    store_bank,
+)
 
 T = TypeVar("T")
 
@@ -164,11 +178,131 @@ def content_check() -> None:
     settings = _settings()
     try:
         pack = load_pack(settings.content_path)
+        banks, quizzes = load_pack_banks(settings.content_path)
     except ContentError as exc:
         _fail("Invalid content:", str(exc))
+    except BankError as exc:
+        # Every problem on its own line: a secretary fixes them all in one go.
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        _fail("Invalid content:", f"{len(exc.problems)} problems in the question banks")
     typer.echo(
-        f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}"
+        f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}, "
+        f"{sum(len(b.questions) for b in banks)} questions in {len(banks)} banks, {len(quizzes)} ready-made quizzes"
     )
+
+
+@content_app.command("import")
+def content_import(
+    file: Annotated[
+        Path, typer.Argument(help="A spreadsheet (.xlsx or .csv) or a YAML bank file.")
+    ],
+    bank: Annotated[
+        str | None,
+        typer.Option(
+            "--bank", help="The bank's code, e.g. party-basics (required for spreadsheets)."
+        ),
+    ] = None,
+    title: Annotated[
+        str | None, typer.Option("--title", help="The bank's title (default: the file name).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and count the changes, store nothing.")
+    ] = False,
+) -> None:
+    """Import a question bank into the database; re-importing updates it.
+
+    Every problem in the file is listed (by row and column for spreadsheets) and nothing
+    is stored until the file is clean. See docs/question-banks.md for the columns.
+    """
+    settings = _settings()
+    try:
+        if file.suffix.lower() in (".yaml", ".yml"):
+            spec = load_bank_file(file)
+            if bank is not None and bank != spec.code:
+                _fail(
+                    "Cannot import:",
+                    f"{file} is bank {spec.code!r}, not {bank!r}; leave out --bank or make "
+                    "them agree",
+                )
+            if title is not None:
+                spec = dataclasses.replace(spec, title=title.strip())
+        else:
+            if bank is None:
+                _fail("Cannot import:", "--bank CODE is required for spreadsheets", code=2)
+            spec = read_spreadsheet(file, code=bank, title=title)
+    except BankError as exc:
+        for line in exc.problems:
+            err.print(line, style="red", markup=False, highlight=False)
+        count = len(exc.problems)
+        _fail("Nothing imported:", f"{count} problem{'s' if count != 1 else ''} in {file}")
+    try:
+        pack = load_pack(settings.content_path)
+    except ContentError as exc:
+        _fail("Invalid content:", str(exc))
+
+    async def revision() -> str | None:
+        engine = create_engine(settings.database.url)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    current, head = _database(revision, settings), migrate.head_revision()
+    if current != head:
+        state = "has no schema" if current is None else f"is at schema {current}, not {head}"
+        _fail("Cannot import:", f"the database {state}; run `zhibu db upgrade` first", settings)
+
+    actor = _os_user()
+    counts = _database(lambda: _import_bank(settings, pack, spec, file, actor, dry_run), settings)
+    note = " (dry run: nothing stored)" if dry_run else ""
+    typer.echo(
+        f"bank {spec.code} ({spec.title}), {len(spec.questions)} questions: "
+        f"{counts.added} added, {counts.changed} changed, {counts.retired} retired, "
+        f"{counts.unchanged} unchanged{note}"
+    )
+
+
+def _os_user() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"[:100]
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        return "cli"
+
+
+async def _import_bank(
+    settings: Settings, pack: Pack, spec: BankSpec, file: Path, actor: str, dry_run: bool
+) -> StoreResult:
+    """Store the bank, with an audit record, in one transaction (rolled back on a dry
+    run)."""
+    engine = create_engine(settings.database.url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            transaction = await session.begin()
+            now = datetime.now(UTC)
+            org = await sync_pack(session, pack, now)
+            result = await store_bank(session, org.id, spec, now)
+            session.add(
+                AuditLog(
+                    at=now,
+                    actor=actor,
+                    action="bank.import",
+                    target=spec.code,
+                    detail={
+                        "file": str(file)[-200:],
+                        "questions": len(spec.questions),
+                        **dataclasses.asdict(result),
+                    },
+                )
+            )
+            await session.flush()
+            if dry_run:
+                await transaction.rollback()
+            else:
+                await transaction.commit()
+            return result
+    finally:
+        await engine.dispose()
 
 
 def main() -> None:

@@ -204,9 +204,10 @@ class ConsoleMessenger:
         prefix = "bot: " if chat_id == self.user else f"bot → {chat_id}: "
         lines = [prefix + render(message)]
         flat = [b for row in message.buttons for b in row]
-        if flat:
-            self._buttons[chat_id] = [(ref.message_id, b) for b in flat]
-            lines += [f"  [{i}] {b.label}" for i, b in enumerate(flat, 1)]
+        # Numbers pick from the latest message only: once the bot has said something
+        # else, an old keyboard is out of reach (a typed "2" is then just text).
+        self._buttons[chat_id] = [(ref.message_id, b) for b in flat]
+        lines += [f"  [{i}] {b.label}" for i, b in enumerate(flat, 1)]
         self._print("\n".join(lines))
         return ref
 

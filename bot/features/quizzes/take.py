@@ -1,0 +1,547 @@
+"""Taking a quiz: one question at a time with buttons, a progress line and the time
+left; resumable after any interruption; scored when finished or when time runs out.
+
+Every answer is guarded by conditional updates (the answer row must still be empty,
+the attempt must still be at that question), so a double tap, a stale button, a press
+on someone else's attempt or after the time limit changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import scheduler
+from bot.context import Context, InvalidButton, JobContext, QuizPoll, WorkContext
+from bot.db.models import Member, Question, QuestionKind, Quiz, QuizAnswer, QuizAttempt
+from bot.i18n import Translator
+from bot.messenger import Button, PollAnswer, PollRef
+from bot.routing import Router
+from bot.text import Rich, bold, join, units
+
+from . import common
+
+router = Router("quiz-take")
+START, ANSWER, TOGGLE, SUBMIT = "qstart", "qa", "qt", "qs"
+EXPIRE_JOB = "quiz.expire"
+_ID = re.compile(r"[0-9]{1,9}")
+
+
+# --- starting and resuming ---------------------------------------------------------------
+
+
+def _open_problem(t: Translator, quiz: Quiz, now: datetime) -> str | None:
+    if quiz.status != "open" or now >= quiz.closes_at:
+        return t("{title} is closed.", title=quiz.title)
+    if now < quiz.opens_at:
+        return t("{title} opens at {when}.", title=quiz.title, when=t.moment(quiz.opens_at))
+    return None
+
+
+async def start_or_resume(ctx: Context, quiz: Quiz) -> None:
+    member, t = ctx.require_member(), ctx.t
+    if not common.in_audience(member, quiz):
+        ctx.reply(t("{title} is not for your branch.", title=quiz.title))
+        return
+    attempts = await common.attempts_of(ctx.session, quiz, member)
+    current = next((a for a in attempts if a.status == "in_progress"), None)
+    if current is not None:
+        if await _expired(ctx, quiz, current):
+            return
+        await show_current(ctx, quiz, current)
+        return
+    if problem := _open_problem(t, quiz, ctx.now):
+        ctx.reply(problem)
+        return
+    done = [a for a in attempts if a.status in common.DONE]
+    if len(done) >= quiz.attempts_allowed:
+        best = max((a.score or 0.0) for a in done)
+        ctx.reply(
+            t(
+                "You have used all {n} attempts at {title}. Your best score: {score}.",
+                n=quiz.attempts_allowed,
+                title=quiz.title,
+                score=f"{best:g}",
+            )
+        )
+        return
+    attempt = await _new_attempt(ctx, quiz, len(attempts) + 1)
+    if attempt is None:  # a double tap on Start: the other press created it
+        raise InvalidButton
+    intro = _intro(t, quiz, attempt)
+    await show_current(ctx, quiz, attempt, intro=intro)
+
+
+def _intro(t: Translator, quiz: Quiz, attempt: QuizAttempt) -> str:
+    parts = [t("{title}: {n} questions.", title=quiz.title, n=attempt.total)]
+    if attempt.deadline_at is not None:
+        parts.append(t("Finish by {time}.", time=t.moment(attempt.deadline_at)))
+    parts.append(t("Pass mark {mark}.", mark=quiz.pass_mark))
+    return " ".join(parts)
+
+
+async def _new_attempt(ctx: Context, quiz: Quiz, number: int) -> QuizAttempt | None:
+    query = select(Question).where(Question.bank_id == quiz.bank_id, Question.active)
+    pool = list((await ctx.session.scalars(query.order_by(Question.id))).all())
+    if quiz.tags:
+        wanted = set(quiz.tags)
+        pool = [q for q in pool if wanted & set(q.tags)]
+    if not pool:
+        ctx.reply(
+            ctx.t("{title} has no questions to ask. Please tell your secretary.", title=quiz.title)
+        )
+        return None
+    chosen = random.sample(pool, min(quiz.question_count, len(pool)))
+    deadline = None
+    if quiz.time_limit_seconds:
+        deadline = min(ctx.now + timedelta(seconds=quiz.time_limit_seconds), quiz.closes_at)
+    attempt = QuizAttempt(
+        quiz_id=quiz.id,
+        member_id=ctx.require_member().id,
+        number=number,
+        started_at=ctx.now,
+        deadline_at=deadline,
+        total=len(chosen),
+    )
+    try:
+        async with ctx.session.begin_nested():
+            ctx.session.add(attempt)
+            await ctx.session.flush()
+    except IntegrityError:
+        return None
+    for position, question in enumerate(chosen):
+        order = list(range(len(question.options)))
+        if quiz.shuffle_options and question.kind != QuestionKind.TRUE_FALSE:
+            random.shuffle(order)
+        ctx.session.add(
+            QuizAnswer(
+                attempt_id=attempt.id,
+                position=position,
+                question_id=question.id,
+                option_order=order,
+            )
+        )
+    if deadline is not None:
+        await scheduler.schedule(
+            ctx.session,
+            key=f"quiz:attempt:{attempt.id}:expire",
+            kind=EXPIRE_JOB,
+            run_at=deadline,
+            payload={"attempt": attempt.id},
+        )
+    return attempt
+
+
+async def _row(ctx: Context, attempt: QuizAttempt, position: int) -> tuple[QuizAnswer, Question]:
+    row = await ctx.session.get(QuizAnswer, (attempt.id, position))
+    if row is None:
+        raise InvalidButton
+    return row, await ctx.session.get_one(Question, row.question_id)
+
+
+async def show_current(
+    ctx: Context, quiz: Quiz, attempt: QuizAttempt, *, intro: str | None = None
+) -> None:
+    row, question = await _row(ctx, attempt, attempt.position)
+    poll = _as_poll(ctx, quiz, attempt, row, question)
+    if poll is not None:
+        if intro:
+            ctx.reply(intro)
+        ctx.outbox.append(poll)
+        return
+    text = question_text(ctx.t, quiz, attempt, row, question, ctx.now)
+    if intro:
+        text = join([intro, "", text])
+    ctx.reply(text, question_buttons(ctx, attempt, row, question))
+
+
+def _as_poll(
+    ctx: Context, quiz: Quiz, attempt: QuizAttempt, row: QuizAnswer, question: Question
+) -> QuizPoll | None:
+    """The question as a native quiz poll, where the quiz wants one and it fits."""
+    if not (quiz.use_polls and ctx.services.capabilities.quiz_polls):
+        return None
+    if question.kind == QuestionKind.MULTIPLE:
+        return None
+    t = ctx.t
+    text = f"{_progress(t, attempt, ctx.now)}\n{question.text}"
+    options = tuple(question.options[i] for i in row.option_order)
+    if units(text) > 300 or any(units(o) > 100 for o in options):
+        return None  # too long for a poll: buttons show it whole
+    explanation = question.explanation if quiz.explanations == "each" else None
+    if explanation and (units(explanation) > 200 or explanation.count("\n") > 2):
+        explanation = None
+    open_period = None
+    if attempt.deadline_at is not None:
+        left = int((attempt.deadline_at - ctx.now).total_seconds())
+        open_period = left if 5 <= left <= 600 else None
+    attempt_id, position = attempt.id, row.position
+
+    async def remember(session: AsyncSession, ref: PollRef) -> None:
+        await session.execute(
+            update(QuizAnswer)
+            .where(QuizAnswer.attempt_id == attempt_id, QuizAnswer.position == position)
+            .values(poll_id=ref.poll_id, message_id=ref.message_id)
+        )
+
+    return QuizPoll(
+        chat_id=ctx.chat_id,
+        question=text,
+        options=options,
+        correct=row.option_order.index(question.answer[0]),
+        explanation=explanation,
+        open_period=open_period,
+        on_sent=remember,
+    )
+
+
+# --- how a question looks ------------------------------------------------------------
+
+
+def _progress(t: Translator, attempt: QuizAttempt, now: datetime) -> str:
+    line = t("Question {n}/{total}", n=attempt.position + 1, total=attempt.total)
+    if attempt.deadline_at is not None:
+        minutes = max(0, int((attempt.deadline_at - now).total_seconds() // 60))
+        line += " · " + t("{minutes} min left", minutes=minutes)
+    return line
+
+
+def question_text(
+    t: Translator,
+    quiz: Quiz,
+    attempt: QuizAttempt,
+    row: QuizAnswer,
+    question: Question,
+    now: datetime,
+) -> Rich:
+    lines: list[Rich | str] = [
+        _progress(t, attempt, now),
+        bold(f"【{t(common.KIND_LABELS[question.kind])}】{question.text}"),
+    ]
+    for shown, original in enumerate(row.option_order):
+        lines.append(f"{common.LETTERS[shown]}. {question.options[original]}")
+    if question.kind == QuestionKind.MULTIPLE:
+        lines.append(t("Choose every right answer, then press Submit."))
+    return join(lines)
+
+
+def question_buttons(
+    ctx: Context, attempt: QuizAttempt, row: QuizAnswer, question: Question
+) -> list[list[Button]]:
+    letters = common.LETTERS
+    if question.kind != QuestionKind.MULTIPLE:
+        buttons = [
+            ctx.button(letters[i], ANSWER, attempt.id, row.position, i)
+            for i in range(len(row.option_order))
+        ]
+        return [buttons[:3], buttons[3:]] if len(buttons) > 4 else [buttons]
+    toggles = []
+    for i, original in enumerate(row.option_order):
+        chosen = original in row.pending
+        toggles.append(
+            ctx.button(
+                ("☑ " if chosen else "☐ ") + letters[i],
+                TOGGLE,
+                attempt.id,
+                row.position,
+                i,
+                0 if chosen else 1,
+            )
+        )
+    rows = [toggles[:3], toggles[3:]] if len(toggles) > 4 else [toggles]
+    return [*rows, [ctx.button(ctx.t("Submit"), SUBMIT, attempt.id, row.position)]]
+
+
+# --- answering ---------------------------------------------------------------------------
+
+
+async def _pressed_attempt(ctx: Context, count: int) -> tuple[Quiz, QuizAttempt, int, list[int]]:
+    """Validate a quiz button: numbers only, this member's attempt, the current question."""
+    if len(ctx.parts) != count or not all(_ID.fullmatch(p) for p in ctx.parts):
+        raise InvalidButton
+    numbers = [int(p) for p in ctx.parts]
+    attempt = await ctx.session.get(QuizAttempt, numbers[0])
+    if attempt is None or attempt.member_id != ctx.require_member().id:
+        raise InvalidButton  # not theirs: forged, or forwarded from someone else
+    quiz = await ctx.session.get_one(Quiz, attempt.quiz_id)
+    if attempt.status != "in_progress" or numbers[1] != attempt.position:
+        raise InvalidButton  # an earlier question, or a finished attempt
+    return quiz, attempt, numbers[1], numbers[2:]
+
+
+async def _expired(ctx: Context, quiz: Quiz, attempt: QuizAttempt) -> bool:
+    """If time is up (or the quiz closed), score the attempt as it stands and say so."""
+    late = attempt.deadline_at is not None and ctx.now >= attempt.deadline_at
+    if not late and quiz.status == "open" and ctx.now < quiz.closes_at:
+        return False
+    work = WorkContext(session=ctx.session, services=ctx.services, now=ctx.now)
+    if await finish(work, quiz, attempt, "timed_out"):
+        ctx.reply(
+            join(
+                [
+                    ctx.t("Time is up; your answers so far were scored."),
+                    await summary(work, ctx.t, quiz, attempt),
+                ]
+            )
+        )
+    return True
+
+
+@router.button(ANSWER)
+async def answered(ctx: Context) -> None:
+    quiz, attempt, position, (choice,) = await _pressed_attempt(ctx, 3)
+    if await _expired(ctx, quiz, attempt):
+        return
+    row, question = await _row(ctx, attempt, position)
+    if question.kind == QuestionKind.MULTIPLE or choice >= len(row.option_order):
+        raise InvalidButton
+    await record(ctx, quiz, attempt, row, question, [row.option_order[choice]])
+
+
+@router.button(TOGGLE)
+async def toggled(ctx: Context) -> None:
+    quiz, attempt, position, (choice, on) = await _pressed_attempt(ctx, 4)
+    if await _expired(ctx, quiz, attempt):
+        return
+    row, question = await _row(ctx, attempt, position)
+    if (
+        question.kind != QuestionKind.MULTIPLE
+        or choice >= len(row.option_order)
+        or on not in (0, 1)
+    ):
+        raise InvalidButton
+    original = row.option_order[choice]
+    # The button says which state it sets, so a double tap sets it twice, not back.
+    chosen = set(row.pending) | {original} if on else set(row.pending) - {original}
+    row.pending = sorted(chosen)
+    ctx.show(
+        question_text(ctx.t, quiz, attempt, row, question, ctx.now),
+        question_buttons(ctx, attempt, row, question),
+    )
+
+
+@router.button(SUBMIT)
+async def submitted(ctx: Context) -> None:
+    quiz, attempt, position, _ = await _pressed_attempt(ctx, 2)
+    if await _expired(ctx, quiz, attempt):
+        return
+    row, question = await _row(ctx, attempt, position)
+    if question.kind != QuestionKind.MULTIPLE:
+        raise InvalidButton
+    if not row.pending:
+        ctx.toast = ctx.t("Choose at least one answer first.")
+        return
+    await record(ctx, quiz, attempt, row, question, sorted(row.pending))
+
+
+async def record(
+    ctx: Context,
+    quiz: Quiz,
+    attempt: QuizAttempt,
+    row: QuizAnswer,
+    question: Question,
+    selected: Sequence[int],
+) -> None:
+    """Store one answer and move on; conditional updates make it count once."""
+    right = sorted(selected) == sorted(question.answer)
+    stored = await ctx.session.execute(
+        update(QuizAnswer)
+        .where(
+            QuizAnswer.attempt_id == attempt.id,
+            QuizAnswer.position == row.position,
+            QuizAnswer.answered_at.is_(None),
+        )
+        .values(selected=list(selected), correct=right, answered_at=ctx.now)
+        .execution_options(synchronize_session=False)
+    )
+    moved = await ctx.session.execute(
+        update(QuizAttempt)
+        .where(
+            QuizAttempt.id == attempt.id,
+            QuizAttempt.position == row.position,
+            QuizAttempt.status == "in_progress",
+        )
+        .values(position=row.position + 1, correct=QuizAttempt.correct + int(right))
+        .execution_options(synchronize_session=False)
+    )
+    if stored.rowcount != 1 or moved.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidButton
+    await ctx.session.refresh(attempt)
+    await ctx.session.refresh(row)
+    t = ctx.t
+    if not isinstance(ctx.event, PollAnswer):  # a poll shows right and wrong itself
+        shown = question_text(t, quiz, attempt_at(attempt, row.position), row, question, ctx.now)
+        ctx.show(join([shown, "", feedback(t, quiz, row, question)]))
+    if attempt.position < attempt.total:
+        await show_current(ctx, quiz, attempt)
+        return
+    work = WorkContext(session=ctx.session, services=ctx.services, now=ctx.now)
+    await finish(work, quiz, attempt, "finished")
+    ctx.reply(await summary(work, t, quiz, attempt))
+
+
+def attempt_at(attempt: QuizAttempt, position: int) -> QuizAttempt:
+    """A view of the attempt as it was at ``position``, for re-rendering that question."""
+    return QuizAttempt(position=position, total=attempt.total, deadline_at=attempt.deadline_at)
+
+
+def _letters(row: QuizAnswer, choices: Sequence[int]) -> str:
+    shown = {original: i for i, original in enumerate(row.option_order)}
+    return "".join(sorted(common.LETTERS[shown[c]] for c in choices))
+
+
+def feedback(t: Translator, quiz: Quiz, row: QuizAnswer, question: Question) -> Rich | str:
+    chosen = _letters(row, row.selected or [])
+    if quiz.explanations != "each":
+        return t("Your answer: {letters}", letters=chosen)
+    verdict = (
+        t("✅ Right")
+        if row.correct
+        else t("❌ Wrong. The answer is {letters}.", letters=_letters(row, question.answer))
+    )
+    return join([verdict, question.explanation] if question.explanation else [verdict])
+
+
+# --- the end ------------------------------------------------------------------------------
+
+
+async def finish(work: WorkContext, quiz: Quiz, attempt: QuizAttempt, status: str) -> bool:
+    """Score and close the attempt; False if something else already did."""
+    result = await work.session.execute(
+        update(QuizAttempt)
+        .where(QuizAttempt.id == attempt.id, QuizAttempt.status == "in_progress")
+        .values(
+            status=status,
+            finished_at=work.now,
+            score=common.score_of(attempt.correct, attempt.total),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await work.session.refresh(attempt)
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    await scheduler.cancel(work.session, keys=[f"quiz:attempt:{attempt.id}:expire"], now=work.now)
+    return True
+
+
+async def summary(work: WorkContext, t: Translator, quiz: Quiz, attempt: QuizAttempt) -> Rich:
+    score = attempt.score or 0.0
+    lines: list[Rich | str] = [
+        bold(
+            t(
+                "{title}: {score} points ({correct} of {total} right), {grade}.",
+                title=quiz.title,
+                score=f"{score:g}",
+                correct=attempt.correct,
+                total=attempt.total,
+                grade=common.grade(t, quiz, score),
+            )
+        )
+    ]
+    rows = (
+        await work.session.execute(
+            select(QuizAnswer, Question)
+            .join(Question, Question.id == QuizAnswer.question_id)
+            .where(QuizAnswer.attempt_id == attempt.id, QuizAnswer.correct.is_not(True))
+            .order_by(QuizAnswer.position)
+        )
+    ).all()
+    if rows and quiz.explanations == "never":
+        lines.append(
+            t(
+                "Missed: questions {numbers}.",
+                numbers="、".join(str(r.position + 1) for r, _ in rows),
+            )
+        )
+    elif rows:
+        lines.append(t("Questions you missed:"))
+        for row, question in rows:
+            answer = "；".join(
+                f"{_letters(row, [c])}. {question.options[c]}" for c in question.answer
+            )
+            lines.append(f"{row.position + 1}. {question.text}")
+            lines.append("   " + t("Answer: {answer}", answer=answer))
+            if question.explanation:
+                lines.append("   " + question.explanation)
+    used = len([a for a in await _attempts(work, attempt) if a.status in common.DONE])
+    left = quiz.attempts_allowed - used
+    if left > 0 and quiz.status == "open" and work.now < quiz.closes_at:
+        lines.append(
+            t.n(
+                "You may try {count} more time: send /quiz.",
+                "You may try {count} more times: send /quiz.",
+                left,
+            )
+        )
+    return join(lines)
+
+
+async def _attempts(work: WorkContext, attempt: QuizAttempt) -> Sequence[QuizAttempt]:
+    rows = await work.session.scalars(
+        select(QuizAttempt).where(
+            QuizAttempt.quiz_id == attempt.quiz_id, QuizAttempt.member_id == attempt.member_id
+        )
+    )
+    return rows.all()
+
+
+@router.job(EXPIRE_JOB, grace=timedelta(days=30))
+async def expire(ctx: JobContext) -> None:
+    """The time limit passed while the member was away: score what they answered."""
+    attempt = await ctx.session.get(QuizAttempt, ctx.job.payload.get("attempt"))
+    if attempt is None or attempt.status != "in_progress":
+        return
+    quiz = await ctx.session.get_one(Quiz, attempt.quiz_id)
+    if not await finish(ctx, quiz, attempt, "timed_out"):
+        return
+    member = await ctx.session.get_one(Member, attempt.member_id)
+    t = ctx.translator(member.language)
+    text = join(
+        [
+            t("Time is up for {title}; your answers so far were scored.", title=quiz.title),
+            await summary(ctx, t, quiz, attempt),
+        ]
+    )
+    await common.send_direct(ctx, attempt.member_id, text)
+
+
+async def poll_answered(ctx: Context) -> None:
+    """An answer to a quiz poll: the same checks and recording as a button press."""
+    event = ctx.event
+    assert isinstance(event, PollAnswer)
+    row = await ctx.session.scalar(select(QuizAnswer).where(QuizAnswer.poll_id == event.poll_id))
+    attempt = await ctx.session.get(QuizAttempt, row.attempt_id) if row is not None else None
+    if row is None or attempt is None or attempt.member_id != ctx.require_member().id:
+        return  # a poll we don't know, or someone else's: nothing to do
+    quiz = await ctx.session.get_one(Quiz, attempt.quiz_id)
+    if attempt.status != "in_progress" or row.position != attempt.position:
+        return
+    if await _expired(ctx, quiz, attempt):
+        return
+    question = await ctx.session.get_one(Question, row.question_id)
+    choice = event.option_ids[0]
+    if choice >= len(row.option_order):
+        return
+    try:
+        await record(ctx, quiz, attempt, row, question, [row.option_order[choice]])
+    except InvalidButton:
+        return  # answered twice at once: the other one counted
+
+
+router.poll_answers = poll_answered
+
+
+@router.button(START)
+async def start_pressed(ctx: Context) -> None:
+    if len(ctx.parts) != 1 or not _ID.fullmatch(ctx.parts[0]):
+        raise InvalidButton
+    quiz = await ctx.session.get(Quiz, int(ctx.parts[0]))
+    if quiz is None or quiz.organisation_id != ctx.services.org.id:
+        raise InvalidButton
+    await start_or_resume(ctx, quiz)

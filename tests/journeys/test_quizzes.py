@@ -1,0 +1,242 @@
+"""Quizzes end to end through every adapter: open, invite, take (single, multiple,
+true/false), double taps, stale and foreign buttons, resume after a restart, time-out,
+close, and the figures checked against hand-computed values."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from bot.db.models import AuditLog, Organisation, Question, QuestionBank, QuizAttempt
+from tests.journeys.drivers import ADMIN, Driver, Person, Shown, texts
+
+SEC = Person("李书记", 4001)
+WANG = Person("王芳", 4002)
+ZHAO = Person("赵强", 4003)
+QIAN = Person("钱敏", 4004)
+SUN = Person("孙丽", 4005)
+
+# A small bank whose answers the test knows: question text → right option texts.
+BANK = [
+    ("single", "党员的预备期为多长时间？", ["半年", "一年", "两年"], [1]),
+    ("multiple", "下列哪些属于党的纪律处分？", ["警告", "罚款", "留党察看", "降薪"], [0, 2]),
+    ("truefalse", "留党察看最长不超过两年。", ["对", "错"], [0]),
+    (
+        "single",
+        "党的最高领导机关是？",
+        ["党的全国代表大会和它所产生的中央委员会", "中央纪委", "国务院"],
+        [0],
+    ),
+]
+RIGHT = {text: [options[i] for i in answer] for _, text, options, answer in BANK}
+
+
+async def enrol(driver: Driver, person: Person, role: str = "") -> None:
+    code = driver.invite_code(await driver.send(ADMIN, f"/invite prosecution {role}".strip()))
+    shown = await driver.send(person, f"/start {code}")
+    await driver.press(person, shown[-1], person.name)
+
+
+async def seed_bank(driver: Driver) -> None:
+    async with driver.app.sessionmaker.begin() as session:
+        org = await session.scalar(select(Organisation))
+        assert org is not None
+        bank = QuestionBank(
+            organisation_id=org.id,
+            code="test-bank",
+            title="测试题库",
+            source="test",
+            loaded_at=driver.clock.now(),
+        )
+        session.add(bank)
+        await session.flush()
+        for i, (kind, text, options, answer) in enumerate(BANK):
+            session.add(
+                Question(
+                    bank_id=bank.id,
+                    key=f"t{i}",
+                    digest=str(i),
+                    kind=kind,
+                    text=text,
+                    options=options,
+                    answer=answer,
+                    explanation=f"解析{i}",
+                )
+            )
+
+
+async def setting_up(driver: Driver) -> None:
+    await enrol(driver, SEC, "secretary")
+    for person in (WANG, ZHAO, QIAN, SUN):
+        await enrol(driver, person)
+    await seed_bank(driver)
+
+
+async def open_quiz(
+    driver: Driver, *, minutes: int = 10, attempts: int = 2, explanations: str = "每题"
+) -> list[Shown]:
+    shown = await driver.send(SEC, "/quiz new")
+    assert "标题" in texts(shown)
+    shown = await driver.send(SEC, "十一月党章测试")
+    shown = await driver.press(SEC, shown[-1], "测试题库")
+    await driver.send(SEC, "4")
+    await driver.send(SEC, str(minutes))
+    await driver.send(SEC, "7")
+    await driver.send(SEC, str(attempts))
+    shown = await driver.send(SEC, "60 90")
+    shown = await driver.press(SEC, shown[-1], explanations)
+    assert "十一月党章测试" in texts(shown) and "公诉党支部" in texts(shown)
+    return await driver.press(SEC, shown[-1], "现在开始")
+
+
+def question(shown: list[Shown]) -> tuple[Shown, str]:
+    """The last message that shows a question, and the question's text."""
+    for message in reversed(shown):
+        match = re.search(r"【[^】]+】(.+)", message.text)
+        if match and message.buttons:
+            return message, match.group(1).strip()
+    raise AssertionError(f"no question in {texts(shown)!r}")
+
+
+def letter_of(message: Shown, option: str) -> str:
+    match = re.search(rf"^([A-F])\. {re.escape(option)}$", message.text, re.M)
+    assert match, (option, message.text)
+    return match.group(1)
+
+
+async def answer(
+    driver: Driver, person: Person, shown: list[Shown], *, right: bool = True
+) -> list[Shown]:
+    message, text = question(shown)
+    wanted = RIGHT[text]
+    if not right:
+        all_options = re.findall(r"^[A-F]\. (.+)$", message.text, re.M)
+        wanted = [next(o for o in all_options if o not in RIGHT[text])]
+    if any("提交" in b.label for b in message.buttons):  # multiple choice: toggle, then submit
+        for option in wanted:
+            shown = await driver.press(person, message, letter_of(message, option))
+            message = shown[-1] if shown and shown[-1].buttons else message
+        return await driver.press(person, message, "提交")
+    return await driver.press(person, message, letter_of(message, wanted[0]))
+
+
+async def test_take_a_quiz_and_see_the_results(driver: Driver) -> None:
+    await setting_up(driver)
+    shown = await open_quiz(driver)
+    invitations = [s for s in shown if "📝 十一月党章测试" in s.text]
+    assert len(invitations) == 5 and all(s.buttons[0].label == "开始答题" for s in invitations)
+    wang_invite = next(s for s in invitations if s.chat_id == driver.platform_user_id(WANG))
+
+    # Wang answers everything right; the progress line counts up.
+    shown = await driver.press(WANG, wang_invite, "开始答题")
+    assert "第 1/4 题" in texts(shown) and "剩余 10 分钟" in texts(shown)
+    first, _ = question(shown)
+    for _ in range(4):
+        shown = await answer(driver, WANG, shown)
+    assert "100 分" in texts(shown) and "优秀" in texts(shown)
+    # A double tap on an answered question counts once.
+    assert "无效" in texts(await driver.press(WANG, first, first.buttons[0].label))
+    async with driver.app.sessionmaker() as session:
+        attempts = (await session.scalars(select(QuizAttempt))).all()
+    assert [(a.correct, a.total, a.score) for a in attempts] == [(4, 4, 100.0)]
+
+    # Zhao starts, gets one wrong, and is interrupted; /quiz resumes after a restart.
+    shown = await driver.send(ZHAO, "/quiz")
+    shown = await driver.press(ZHAO, shown[-1], "开始 Q")
+    shown = await answer(driver, ZHAO, shown, right=False)
+    assert "❌" in texts(shown) and "解析" in texts(shown)
+    stale, _ = question(shown)
+    await driver.restart()
+    shown = await driver.send(ZHAO, "/quiz")
+    assert "第 2/4 题" in texts(shown)
+    # Qian presses Zhao's current button: not hers, nothing changes.
+    current, _ = question(shown)
+    assert "无效" in texts(await driver.press(QIAN, current, current.buttons[0].label))
+    shown = await answer(driver, ZHAO, shown)
+    # The time limit passes: the next press scores the attempt as it stands.
+    driver.clock.advance(timedelta(minutes=11))
+    current, _ = question(shown)
+    timed_out = texts(await driver.press(ZHAO, current, current.buttons[0].label))
+    assert "时间到" in timed_out and "25 分" in timed_out  # 1 of 4 right
+    assert "您还可以再答 1 次" in timed_out
+    assert "无效" in texts(await driver.press(ZHAO, stale, stale.buttons[0].label))
+
+    # Qian starts and walks away; the expiry job scores her and tells her.
+    shown = await driver.send(QIAN, "/quiz")
+    shown = await driver.press(QIAN, shown[-1], "开始 Q")
+    shown = await answer(driver, QIAN, shown)
+    shown = await answer(driver, QIAN, shown)
+    shown = await answer(driver, QIAN, shown, right=False)
+    driver.clock.advance(timedelta(minutes=11))
+    before = len(await _messages_to(driver, QIAN))
+    await driver.tick()
+    told = (await _messages_to(driver, QIAN))[before:]
+    assert told == ["direct"], told
+
+    # Sun took it on paper; the secretary is on leave.
+    assert "85" in texts(await driver.send(SEC, f"/offline Q1 {SUN.name} 85"))
+    assert "出差" in texts(await driver.send(SEC, f"/excuse Q1 {SEC.name} 出差"))
+
+    # Hand-computed: eligible 4 (5 minus the excused secretary); best scores Wang 100,
+    # Zhao 25, Qian 50, Sun 85 → 4 took it (100%), excellent 1 (25%), passed 2 (50%),
+    # average 65.0, median 67.5.
+    stats = texts(await driver.send(SEC, "/quizstats Q1"))
+    assert "应参考 4 · 已参考 4 · 参考率 100.0%" in stats, stats
+    assert "优秀 1 (25.0%) · 合格 2 (50.0%)" in stats
+    assert "平均分 65.0 · 中位数 67.5" in stats
+    assert "最难的题" in stats
+    missing = texts(await driver.send(SEC, "/missing Q1"))
+    assert "都已参加" in missing
+    assert "权限" in texts(await driver.send(WANG, "/quizstats Q1"))
+    async with driver.app.sessionmaker() as session:
+        actions = set((await session.scalars(select(AuditLog.action))).all())
+    assert {"quiz.open", "quiz.offline", "quiz.excuse"} <= actions
+
+
+async def test_close_scores_attempts_in_progress(driver: Driver) -> None:
+    await setting_up(driver)
+    await open_quiz(driver, minutes=0, attempts=1, explanations="最后")
+    shown = await driver.send(WANG, "/quiz")
+    shown = await driver.press(WANG, shown[-1], "开始 Q")
+    shown = await answer(driver, WANG, shown)
+    assert "您的答案" in texts(shown) and "✅" not in texts(shown)  # explanations at the end
+    before = len(await _messages_to(driver, WANG))
+    assert "已结束" in texts(await driver.send(SEC, "/quiz close Q1"))
+    assert (await _messages_to(driver, WANG))[before:] == ["direct"]
+    current, _ = question(shown)
+    assert "无效" in texts(await driver.press(WANG, current, current.buttons[0].label))
+    assert "没有进行中的测试" in texts(await driver.send(ZHAO, "/quiz"))
+    missing = texts(await driver.send(SEC, "/missing Q1"))
+    assert "（4）" in missing and ZHAO.name in missing and WANG.name not in missing
+
+
+async def test_members_cannot_open_quizzes_and_bad_input_is_refused(driver: Driver) -> None:
+    await setting_up(driver)
+    assert "只有支部书记和管理员" in texts(await driver.send(WANG, "/quiz new"))
+    shown = await driver.send(SEC, "/quiz new")
+    await driver.send(SEC, "测验")
+    shown = await driver.send(SEC, "五道题")
+    assert "按钮" in texts(shown)
+    shown = await driver.send(SEC, "/quiz new")
+    await driver.send(SEC, "测验")
+    shown = await driver.send(SEC, "/cancel")
+    assert "已取消" in texts(shown)
+    for data in ["qa:1:0:0", "qa:x:0:0", "qt:1:0:9:1", "qs:99999:0", "qstart:99999", "qn:go"]:
+        reply = texts(await driver.press_data(WANG, data))
+        assert "无效" in reply or "权限" in reply, (data, reply)
+
+
+async def _messages_to(driver: Driver, person: Person) -> list[str]:
+    from bot.db.models import Broadcast, Delivery, Member
+
+    async with driver.app.sessionmaker() as session:
+        rows = await session.scalars(
+            select(Broadcast.kind)
+            .join(Delivery, Delivery.broadcast_id == Broadcast.id)
+            .join(Member, Member.id == Delivery.member_id)
+            .where(Member.name == person.name, Delivery.status == "sent")
+            .order_by(Delivery.id)
+        )
+        return list(rows)
