@@ -46,6 +46,9 @@ class Shown:
     text: str
     message_id: str
     buttons: list[Button] = field(default_factory=list)
+    # For a native quiz poll: its id and options (the text is the question).
+    poll_id: str | None = None
+    options: list[str] = field(default_factory=list)
 
     def button(self, label: str) -> Button:
         for button in self.buttons:
@@ -231,11 +234,31 @@ class TelegramDriver(Driver):
         await self.settle()
         shown = []
         for call in self.tg.calls[before:]:
-            # An edited message counts as shown again: that is what the person sees.
-            if call.method not in ("sendMessage", "editMessageText") or call.status != 200:
+            if call.status != 200:
                 continue
-            shown.append(self._shown(call.params, call.response["result"]))
+            # An edited message counts as shown again: that is what the person sees.
+            if call.method in ("sendMessage", "editMessageText"):
+                shown.append(self._shown(call.params, call.response["result"]))
+            elif call.method == "sendPoll":
+                result = call.response["result"]
+                shown.append(
+                    Shown(
+                        str(call.params["chat_id"]),
+                        call.params["question"],
+                        str(result["message_id"]),
+                        poll_id=result["poll"]["id"],
+                        options=[
+                            o if isinstance(o, str) else o["text"] for o in call.params["options"]
+                        ],
+                    )
+                )
         return shown
+
+    async def answer_poll(self, person: Person, poll: Shown, option: int) -> list[Shown]:
+        assert poll.poll_id is not None
+        before, handled = len(self.tg.calls), self.dispatcher.handled
+        self.tg.user_answers_poll(person.tg_id, poll.poll_id, [option], first_name=person.name)
+        return await self._collect(before, handled)
 
     @staticmethod
     def _shown(params: dict[str, Any], result: dict[str, Any]) -> Shown:

@@ -240,3 +240,37 @@ async def _messages_to(driver: Driver, person: Person) -> list[str]:
             .order_by(Delivery.id)
         )
         return list(rows)
+
+
+async def test_native_quiz_polls_where_the_messenger_has_them(driver: Driver) -> None:
+    if driver.name == "console":
+        return  # the console has no polls; the other tests cover its buttons
+    from bot.quizbank import QuizSpec
+
+    await setting_up(driver)
+    services = driver.dispatcher.services
+    services.quiz_definitions["polls"] = QuizSpec(
+        code="polls",
+        title="投票测验",
+        bank="test-bank",
+        tags=(),
+        question_count=4,
+        open_days=3,
+        explanations="each",
+        use_polls=True,
+    )
+    assert "投票测验" in texts(await driver.send(SEC, "/quiz open polls"))
+    shown = await driver.send(WANG, "/quiz")
+    shown = await driver.press(WANG, shown[-1], "开始 Q")
+    for _ in range(4):
+        polls = [s for s in shown if s.poll_id]
+        if polls:  # single choice and true/false arrive as native quiz polls
+            poll = polls[-1]
+            text = next(t for t in RIGHT if t in poll.text)
+            shown = await driver.answer_poll(WANG, poll, poll.options.index(RIGHT[text][0]))
+        else:  # multiple choice stays with buttons
+            shown = await answer(driver, WANG, shown)
+    assert "100 分" in texts(shown)
+    async with driver.app.sessionmaker() as session:
+        attempt = await session.scalar(select(QuizAttempt))
+    assert attempt is not None and (attempt.correct, attempt.status) == (4, "finished")
