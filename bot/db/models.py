@@ -516,3 +516,124 @@ class QuizAnswer(Base):
     # for native polls, the poll's id.
     message_id: Mapped[str | None] = mapped_column(String(64))
     poll_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+# --- study materials ----------------------------------------------------------------
+
+
+class Material(Base):
+    """One version of a study material. A changed file becomes a new version; receipts
+    of the old one stay with it."""
+
+    __tablename__ = "material"
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "key", "version", name="uq_material_key_version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    # The file's stable name in the content pack (e.g. "2026-11-constitution").
+    key: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(default=1)
+    digest: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text)
+    points: Mapped[int] = mapped_column(default=0)
+    # Branch codes it is for; empty means every branch.
+    audience: Mapped[list[str]] = mapped_column(JSON, default=list)
+    attachment: Mapped[str | None] = mapped_column(String(300))
+    publish_at: Mapped[datetime | None]
+    due_days: Mapped[int | None]
+    active: Mapped[bool] = mapped_column(default=True)
+    loaded_at: Mapped[datetime]
+
+
+class MaterialPublication(Base):
+    """A material sent to branches (on its schedule, or by a secretary with /publish)."""
+
+    __tablename__ = "material_publication"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    material_id: Mapped[int] = mapped_column(ForeignKey("material.id"), index=True)
+    branch_ids: Mapped[list[int]] = mapped_column(JSON)
+    published_at: Mapped[datetime]
+    published_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    due_at: Mapped[datetime | None]
+
+
+class MaterialReceipt(Base):
+    __tablename__ = "material_receipt"
+    __table_args__ = (
+        UniqueConstraint("material_id", "member_id", name="uq_material_receipt_member"),
+        CheckConstraint("method IN ('chat', 'offline')", name="method"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    material_id: Mapped[int] = mapped_column(ForeignKey("material.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"), index=True)
+    read_at: Mapped[datetime]
+    method: Mapped[str] = mapped_column(String(8), default="chat")
+    recorded_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+
+
+# --- oath renewal ------------------------------------------------------------------
+
+
+class OathText(Base):
+    __tablename__ = "oath_text"
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "key", "version", name="uq_oath_text_key_version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(default=1)
+    digest: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class OathCampaign(Base):
+    __tablename__ = "oath_campaign"
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'closed')", name="status"),
+        CheckConstraint("occasion IN ('calendar', 'adhoc', 'birthday')", name="occasion"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    # Unique per occurrence ("qingming:2026", "birthday:12:2026"): a calendar rule
+    # evaluated twice, or after a restart, opens nothing new.
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    occasion: Mapped[str] = mapped_column(String(16))
+    oath_text_id: Mapped[int] = mapped_column(ForeignKey("oath_text.id"))
+    branch_ids: Mapped[list[int]] = mapped_column(JSON)
+    opens_at: Mapped[datetime]
+    closes_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(8), default="open")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    created_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+
+
+class OathRenewal(Base):
+    """A member re-took the oath in a campaign, with an optional personal pledge."""
+
+    __tablename__ = "oath_renewal"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "member_id", name="uq_oath_renewal_member"),
+        CheckConstraint("method IN ('chat', 'offline')", name="method"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("oath_campaign.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"), index=True)
+    renewed_at: Mapped[datetime]
+    method: Mapped[str] = mapped_column(String(8), default="chat")
+    recorded_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
+    pledge: Mapped[str | None] = mapped_column(Text)
+    pledge_updated_at: Mapped[datetime | None]
