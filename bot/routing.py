@@ -281,7 +281,8 @@ class Dispatcher:
         except Exception:
             log.exception("handler failed; transaction rolled back")
             t = ctx.t if ctx is not None else self._guess_translator(event)
-            failed = Context(event, session, self.services, t, self.services.clock.now())
+            # The failed attempt's session is gone; the apology needs none.
+            failed = Context(event, None, self.services, t, self.services.clock.now())  # type: ignore[arg-type]
             failed.reply(
                 t(N_("Sorry, something went wrong and nothing was changed. Please try again."))
             )

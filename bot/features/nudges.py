@@ -87,7 +87,7 @@ async def plan(
             key=f"nudge:{kind}:{item_id}:{suffix}",
             kind=job_kind,
             run_at=when,
-            payload={"kind": kind, "item": item_id},
+            payload={"kind": kind, "item": item_id, "deadline": deadline.isoformat()},
             replace=True,
         )
         scheduled += 1
@@ -149,8 +149,32 @@ def _source(ctx: JobContext) -> tuple[NudgeSource, int] | None:
     return (source, int(item)) if source is not None and isinstance(item, int) else None
 
 
+async def _quiet_now(ctx: JobContext) -> bool:
+    """A nudge that runs late (the bot was down) may land in quiet hours or on a
+    holiday: move it to the next allowed moment instead. True if it was moved."""
+    rules = QuietRules(ctx.services.settings.nudges, ctx.services.org.timezone)
+    if rules.allowed(ctx.now):
+        return False
+    deadline_text = ctx.job.payload.get("deadline")
+    deadline = (
+        datetime.fromisoformat(deadline_text) if deadline_text else ctx.now + timedelta(days=1)
+    )
+    when = rules.place(ctx.now, deadline=deadline, now=ctx.now)
+    if when is not None:
+        await scheduler.schedule(
+            ctx.session,
+            key=f"{ctx.job.key}:moved:{when.isoformat()}",
+            kind=ctx.job.kind,
+            run_at=when,
+            payload=dict(ctx.job.payload),
+        )
+    return True
+
+
 @router.job("nudge.members", grace=timedelta(hours=6))
 async def members_job(ctx: JobContext) -> None:
+    if await _quiet_now(ctx):
+        return
     found = _source(ctx)
     if found is not None:
         await nudge_members(ctx, *found, key=ctx.job.key, branch_id=ctx.job.payload.get("branch"))
@@ -168,6 +192,8 @@ async def _missing_by_branch(
 @router.job("nudge.secretaries", grace=timedelta(hours=6))
 async def secretaries_job(ctx: JobContext) -> None:
     """Each branch secretary gets the names of their members still missing."""
+    if await _quiet_now(ctx):
+        return
     found = _source(ctx)
     if found is None:
         return
@@ -202,6 +228,8 @@ async def secretaries_job(ctx: JobContext) -> None:
 @router.job("nudge.admins", grace=timedelta(hours=6))
 async def admins_job(ctx: JobContext) -> None:
     """Admins get how many are missing per branch."""
+    if await _quiet_now(ctx):
+        return
     found = _source(ctx)
     if found is None:
         return

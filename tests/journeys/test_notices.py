@@ -321,3 +321,25 @@ async def _sent_rows(driver: Driver) -> list[tuple[str, str]]:
             .order_by(Delivery.id)
         )
         return [(name, kind) for name, kind in rows.all()]
+
+
+async def test_a_late_nudge_waits_for_the_morning(driver: Driver) -> None:
+    await branch_with_secretary(driver)
+    await compose(driver, SEC, when="11月29日 18:00")
+    # The bot was down until 22:30 on 11-28; the secretary's digest (due 18:00, 24 h
+    # before) is still within its 6 h grace, but 22:30 is quiet: it waits for 08:00.
+    starts = (await _notice(driver)).starts_at
+    driver.clock.set(starts - timedelta(hours=19, minutes=30))  # 22:30 local on 11-28
+    await driver.tick()
+    async with driver.app.sessionmaker() as session:
+        moved = (
+            await session.scalars(select(DueJob).where(DueJob.key.like("nudge:notice:%:s:moved:%")))
+        ).all()
+    assert len(moved) == 1
+    from zoneinfo import ZoneInfo
+
+    assert (
+        moved[0].run_at.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%m-%d %H:%M")
+        == "11-29 08:00"
+    )
+    assert "nudge_digest" not in {kind for _, kind in await _sent_rows(driver)}

@@ -274,3 +274,18 @@ async def test_native_quiz_polls_where_the_messenger_has_them(driver: Driver) ->
     async with driver.app.sessionmaker() as session:
         attempt = await session.scalar(select(QuizAttempt))
     assert attempt is not None and (attempt.correct, attempt.status) == (4, "finished")
+
+
+async def test_only_admins_close_a_quiz_for_several_branches(driver: Driver) -> None:
+    await setting_up(driver)
+    shown = await driver.send(ADMIN, "/quiz open monthly-constitution")
+    assert "Q1" in texts(shown)
+    refused = texts(await driver.send(SEC, "/quiz close Q1"))
+    assert "只有管理员" in refused and "没有做任何改动" in refused
+    # A paper score can be corrected, not piled up.
+    await driver.send(SEC, f"/offline Q1 {SUN.name} 58")
+    await driver.send(SEC, f"/offline Q1 {SUN.name} 85")
+    async with driver.app.sessionmaker() as session:
+        rows = (await session.scalars(select(QuizAttempt))).all()
+    assert [(r.source, r.score) for r in rows] == [("offline", 85.0)]
+    assert "已结束" in texts(await driver.send(ADMIN, "/quiz close Q1"))

@@ -7,7 +7,7 @@ import re
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.context import Context, InvalidButton
@@ -194,15 +194,19 @@ async def leave_decided(ctx: Context) -> None:
         await ctx.audit("leave.decide", f"rsvp {row.id}", outcome="refused")
         ctx.reply(t("Secretaries can manage their own branch only. Nothing was changed."))
         return
-    if row.leave_status != "pending":
+    approved = ctx.parts[1] == "ok"
+    # Conditional, so two secretaries pressing at once cannot both decide.
+    decided = await ctx.session.execute(
+        update(Rsvp)
+        .where(Rsvp.id == row.id, Rsvp.leave_status == "pending")
+        .values(
+            leave_status="approved" if approved else "refused", decided_by=me.id, decided_at=ctx.now
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if decided.rowcount != 1:  # type: ignore[attr-defined]
         ctx.reply(t("This leave request was already decided."))
         return
-    approved = ctx.parts[1] == "ok"
-    row.leave_status, row.decided_by, row.decided_at = (
-        ("approved" if approved else "refused"),
-        me.id,
-        ctx.now,
-    )
     await ctx.audit(
         "leave.approve" if approved else "leave.refuse", f"{requester.name} {common.ref(notice)}"
     )

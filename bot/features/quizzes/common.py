@@ -41,9 +41,20 @@ def in_audience(member: Member, quiz: Quiz) -> bool:
 
 
 def can_manage(member: Member, quiz: Quiz) -> bool:
+    """May see results and record for their members: the quiz includes their branch."""
     if member.role_enum is Role.ADMIN:
         return True
     return member.role_enum is Role.SECRETARY and member.branch_id in {b.id for b in quiz.branches}
+
+
+def can_close(member: Member, quiz: Quiz) -> bool:
+    """May change the quiz for everyone: admins, or a secretary whose branch is its only
+    audience (a quiz for several branches is not one secretary's to close)."""
+    if member.role_enum is Role.ADMIN:
+        return True
+    return member.role_enum is Role.SECRETARY and [b.id for b in quiz.branches] == [
+        member.branch_id
+    ]
 
 
 async def load(ctx: Context, text: str) -> Quiz | None:

@@ -443,6 +443,14 @@ async def close_command(ctx: Context) -> None:
     quiz = await common.load(ctx, ctx.args[1])
     if quiz is None:
         return
+    if not common.can_close(ctx.require_member(), quiz):
+        await ctx.audit("quiz.close", f"{common.ref(quiz)} {quiz.title}", outcome="refused")
+        ctx.reply(
+            ctx.t(
+                "This quiz is for several branches; only an admin can close it. Nothing was changed."
+            )
+        )
+        return
     if quiz.status == "closed":
         ctx.reply(ctx.t("{title} is closed.", title=quiz.title))
         return

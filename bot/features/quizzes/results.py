@@ -61,20 +61,19 @@ async def figures(
             select(QuizExemption.member_id).where(QuizExemption.quiz_id == quiz.id)
         )
     )
+    best_rows = await ctx.session.execute(
+        select(QuizAttempt.member_id, func.max(QuizAttempt.score))
+        .where(QuizAttempt.quiz_id == quiz.id, QuizAttempt.status.in_(common.DONE))
+        .group_by(QuizAttempt.member_id)
+    )
+    best = dict(best_rows.all())
+    # The same eligible people /missing counts from: active members of the audience,
+    # and anyone who took it (even if deactivated since).
     members = {
         m.id: m
         for m in (await ctx.session.scalars(select(Member).where(Member.id.in_(audience)))).unique()
-        if branch_id is None or m.branch_id == branch_id
+        if (branch_id is None or m.branch_id == branch_id) and (m.active or m.id in best)
     }
-    best = dict(
-        (
-            await ctx.session.execute(
-                select(QuizAttempt.member_id, func.max(QuizAttempt.score))
-                .where(QuizAttempt.quiz_id == quiz.id, QuizAttempt.status.in_(common.DONE))
-                .group_by(QuizAttempt.member_id)
-            )
-        ).all()
-    )
     per_branch: dict[int, Figures] = defaultdict(Figures)
     total = Figures()
     for member_id, member in members.items():
@@ -246,28 +245,39 @@ async def offline(ctx: Context) -> None:
         ctx.reply(t("{title} is not for {name}'s branch.", title=quiz.title, name=target.name))
         return
     score = float(ctx.args[-1])
-    number = (
-        await ctx.session.scalar(
-            select(func.max(QuizAttempt.number)).where(
-                QuizAttempt.quiz_id == quiz.id, QuizAttempt.member_id == target.id
-            )
-        )
-        or 0
-    ) + 1
-    ctx.session.add(
-        QuizAttempt(
-            quiz_id=quiz.id,
-            member_id=target.id,
-            number=number,
-            status="finished",
-            source="offline",
-            started_at=ctx.now,
-            finished_at=ctx.now,
-            total=0,
-            score=score,
-            recorded_by=me.id,
+    # One paper score per member and quiz: a second /offline corrects it.
+    row = await ctx.session.scalar(
+        select(QuizAttempt).where(
+            QuizAttempt.quiz_id == quiz.id,
+            QuizAttempt.member_id == target.id,
+            QuizAttempt.source == "offline",
         )
     )
+    if row is not None:
+        row.score, row.finished_at, row.recorded_by = score, ctx.now, me.id
+    else:
+        number = (
+            await ctx.session.scalar(
+                select(func.max(QuizAttempt.number)).where(
+                    QuizAttempt.quiz_id == quiz.id, QuizAttempt.member_id == target.id
+                )
+            )
+            or 0
+        ) + 1
+        ctx.session.add(
+            QuizAttempt(
+                quiz_id=quiz.id,
+                member_id=target.id,
+                number=number,
+                status="finished",
+                source="offline",
+                started_at=ctx.now,
+                finished_at=ctx.now,
+                total=0,
+                score=score,
+                recorded_by=me.id,
+            )
+        )
     await ctx.audit("quiz.offline", f"{target.name} {common.ref(quiz)}", score=score)
     ctx.reply(
         t(

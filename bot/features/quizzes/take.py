@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -72,8 +72,8 @@ async def start_or_resume(ctx: Context, quiz: Quiz) -> None:
         )
         return
     attempt = await _new_attempt(ctx, quiz, len(attempts) + 1)
-    if attempt is None:  # a double tap on Start: the other press created it
-        raise InvalidButton
+    if attempt is None:  # nothing to ask; the member has been told
+        return
     intro = _intro(t, quiz, attempt)
     await show_current(ctx, quiz, attempt, intro=intro)
 
@@ -114,7 +114,7 @@ async def _new_attempt(ctx: Context, quiz: Quiz, number: int) -> QuizAttempt | N
             ctx.session.add(attempt)
             await ctx.session.flush()
     except IntegrityError:
-        return None
+        raise InvalidButton from None  # a double tap on Start: the other press made it
     for position, question in enumerate(chosen):
         order = list(range(len(question.options)))
         if quiz.shuffle_options and question.kind != QuestionKind.TRUE_FALSE:
@@ -149,7 +149,9 @@ async def show_current(
     ctx: Context, quiz: Quiz, attempt: QuizAttempt, *, intro: str | None = None
 ) -> None:
     row, question = await _row(ctx, attempt, attempt.position)
-    poll = _as_poll(ctx, quiz, attempt, row, question)
+    # A question already sent as a poll is shown with buttons when resumed: the first
+    # poll stays answerable (its id is the one stored), and nothing is sent twice.
+    poll = None if row.poll_id else _as_poll(ctx, quiz, attempt, row, question)
     if poll is not None:
         if intro:
             ctx.reply(intro)
@@ -419,7 +421,9 @@ async def finish(work: WorkContext, quiz: Quiz, attempt: QuizAttempt, status: st
         .values(
             status=status,
             finished_at=work.now,
-            score=common.score_of(attempt.correct, attempt.total),
+            # From the row as it is now, not as this transaction first read it: an
+            # answer committed in between (PostgreSQL, READ COMMITTED) still counts.
+            score=func.round(100.0 * QuizAttempt.correct / QuizAttempt.total, 1),
         )
         .execution_options(synchronize_session=False)
     )
