@@ -89,7 +89,10 @@ class Translator:
 
     def moment(self, value: dt.datetime) -> str:
         """12月3日周四 14:30 / Thu, Dec 3 14:30 — the weekday helps people plan."""
-        day = format_skeleton("MMMEd", value, tzinfo=self.tz, locale=self.locale)
+        this_year = dt.datetime.now(self.tz).year
+        # The year only when it is not this one: "1月1日周五" next January misleads.
+        skeleton = "MMMEd" if value.astimezone(self.tz).year == this_year else "yMMMEd"
+        day = format_skeleton(skeleton, value, tzinfo=self.tz, locale=self.locale)
         return f"{day} {format_skeleton('Hm', value, tzinfo=self.tz, locale=self.locale)}"
 
     def time(self, value: dt.datetime) -> str:

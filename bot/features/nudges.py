@@ -118,14 +118,22 @@ async def _nudged_today(ctx: WorkContext, member_ids: Sequence[int]) -> dict[int
 
 
 async def nudge_members(
-    ctx: WorkContext, source: NudgeSource, item_id: int, *, key: str, branch_id: int | None = None
+    ctx: WorkContext,
+    source: NudgeSource,
+    item_id: int,
+    *,
+    key: str,
+    branch_id: int | None = None,
+    skip: int | None = None,
 ) -> int:
-    """Remind those missing (optionally in one branch), within the daily cap."""
+    """Remind those missing (optionally in one branch), within the daily cap; ``skip``
+    is whoever asked for the nudge (a secretary does not remind themselves)."""
     missing = await source.missing(ctx, item_id)
     if not missing:
         return 0
     if branch_id is not None:
         missing = [m for m in missing if m.branch_id == branch_id]
+    missing = [m for m in missing if m.id != skip]
     cap = ctx.services.settings.nudges.max_per_member_per_day
     today = await _nudged_today(ctx, [m.id for m in missing])
     chosen = [m.id for m in missing if today.get(m.id, 0) < cap]
@@ -369,7 +377,7 @@ async def nudge(ctx: Context) -> None:
             )
         )
         return
-    sent = await nudge_members(work, source, item_id, key=key, branch_id=branch_id)
+    sent = await nudge_members(work, source, item_id, key=key, branch_id=branch_id, skip=me.id)
     ctx.created_deliveries = True
     await ctx.audit("nudge.send", f"{source.prefix}{item_id}", recipients=sent)
     if sent:

@@ -184,7 +184,7 @@ async def test_nudges_respect_quiet_hours_and_the_daily_cap(driver: Driver) -> N
     driver.clock.set(driver.clock.now().replace(hour=2))  # 10:00 in Beijing
     ref = f"N{await notice_id(driver)}"
     for _ in range(2):
-        assert "5 人" in texts(await driver.send(SEC, f"/nudge {ref}"))
+        assert "正在提醒 4 人" in texts(await driver.send(SEC, f"/nudge {ref}"))  # not themselves
         driver.clock.advance(timedelta(minutes=30))
     assert "没有需要提醒的人" in texts(await driver.send(SEC, f"/nudge {ref}"))
     assert "权限" in texts(await driver.send(WANG, f"/nudge {ref}"))
@@ -194,6 +194,8 @@ async def test_check_in_and_attendance(driver: Driver) -> None:
     await branch_with_secretary(driver)
     await compose(driver, SEC, when="明天 9:00")
     ref = f"N{await notice_id(driver)}"
+    assert "开始前两小时" in texts(await driver.send(SEC, f"/checkin {ref}"))
+    driver.clock.set((await _notice(driver)).starts_at - timedelta(hours=1))
     shown = await driver.send(SEC, f"/checkin {ref}")
     code = re.search(r"签到码：(\d{4})", texts(shown))
     assert code, texts(shown)

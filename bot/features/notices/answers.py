@@ -7,11 +7,11 @@ import re
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.context import Context, InvalidButton
-from bot.db.models import Member, MemberIdentity, Notice, Role, Rsvp
+from bot.db.models import JoinFailure, Member, MemberIdentity, Notice, Role, Rsvp
 from bot.features.directory import resolve_member
 from bot.i18n import N_
 from bot.routing import Router
@@ -122,6 +122,11 @@ async def reason_typed(ctx: Context) -> None:
         await ctx.end_flow()
         return
     reason = " ".join(ctx.arg_text.split())
+    if re.fullmatch(rf"[0-9]{{{CHECKIN_DIGITS}}}", reason) and await _open_code(ctx, reason):
+        # At the meeting, with a leave step still open from earlier: they came.
+        await ctx.end_flow()
+        await check_in_with_code(ctx, reason)
+        return
     if not 0 < len(reason) <= MAX_REASON:
         ctx.reply(t("Please keep the reason between 1 and {max} characters.", max=MAX_REASON))
         return
@@ -263,6 +268,16 @@ async def checkin(ctx: Context) -> None:
     if notice.status != "sent":
         ctx.reply(t("{title} was cancelled.", title=notice.title))
         return
+    if ctx.now < notice.starts_at - timedelta(hours=2):
+        opens = common.when(t, notice.starts_at - timedelta(hours=2))
+        ctx.reply(
+            t(
+                "Check-in for {title} opens two hours before the start ({when}).",
+                title=notice.title,
+                when=opens,
+            )
+        )
+        return
     minutes = ctx.services.settings.notices.checkin_minutes
     if (
         notice.checkin_code is None
@@ -282,9 +297,8 @@ async def checkin(ctx: Context) -> None:
     )
 
 
-async def check_in_with_code(ctx: Context, code: str) -> bool:
-    """Mark the member present at the notice whose open code this is. True if matched."""
-    member, t = ctx.require_member(), ctx.t
+async def _open_code(ctx: Context, code: str) -> Notice | None:
+    """The notice of this member's branch whose check-in code this is, if still open."""
     candidates = await ctx.session.scalars(
         select(Notice).where(
             Notice.checkin_code == code,
@@ -293,8 +307,27 @@ async def check_in_with_code(ctx: Context, code: str) -> bool:
             Notice.organisation_id == ctx.services.org.id,
         )
     )
-    notice = next((n for n in candidates if member.branch_id in {b.id for b in n.branches}), None)
+    member = ctx.require_member()
+    return next((n for n in candidates if member.branch_id in {b.id for b in n.branches}), None)
+
+
+async def check_in_with_code(ctx: Context, code: str) -> bool:
+    """Mark the member present at the notice whose open code this is. True if matched."""
+    member, t = ctx.require_member(), ctx.t
+    if await _guessing(ctx):
+        ctx.reply(
+            t("Too many wrong check-in codes. Please ask your secretary to mark you present.")
+        )
+        return False
+    notice = await _open_code(ctx, code)
     if notice is None:
+        ctx.session.add(
+            JoinFailure(
+                platform=f"checkin:{ctx.sender.platform}",
+                platform_user_id=ctx.sender.user_id,
+                at=ctx.now,
+            )
+        )
         ctx.reply(t("That check-in code is not valid, or its time is over."))
         return False
     row = await _rsvp(ctx, notice, member)
@@ -321,6 +354,23 @@ async def code_typed(ctx: Context) -> bool:
 
 
 router.fallbacks.append(code_typed)
+
+
+async def _guessing(ctx: Context) -> bool:
+    """Four digits are few: more than five wrong codes in ten minutes stops a person
+    from trying (the secretary can still mark them present). Failures are kept with
+    the invite-code failures, under their own platform prefix."""
+    since = ctx.now - timedelta(minutes=10)
+    wrong = await ctx.session.scalar(
+        select(func.count())
+        .select_from(JoinFailure)
+        .where(
+            JoinFailure.platform == f"checkin:{ctx.sender.platform}",
+            JoinFailure.platform_user_id == ctx.sender.user_id,
+            JoinFailure.at > since,
+        )
+    )
+    return (wrong or 0) >= 5
 
 
 # --- marking by the secretary ----------------------------------------------------------
@@ -359,6 +409,9 @@ async def _mark(ctx: Context, present_: bool) -> None:
         return
     notice = await common.load(ctx, head)
     if notice is None:
+        return
+    if notice.status != "sent":
+        ctx.reply(t("{title} was cancelled.", title=notice.title))
         return
     limit = None if me.role_enum is Role.ADMIN else me.branch_id
     audience = set(await common.audience(ctx.session, notice))

@@ -112,8 +112,10 @@ class Tally:
 
     @property
     def expected(self) -> int:
-        """Attendance denominator: approved leave takes a member out of it."""
-        return len(self.audience) - len(self.leave_approved)
+        """Attendance denominator: approved leave takes a member out of it, unless they
+        came after all (then they count as present and as expected: never over 100%)."""
+        present = {m.id for m in self.present}
+        return len(self.audience) - len([m for m in self.leave_approved if m.id not in present])
 
 
 async def tally(session: AsyncSession, notice: Notice, *, branch_id: int | None = None) -> Tally:

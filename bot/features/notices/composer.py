@@ -205,7 +205,9 @@ async def typed(ctx: Context) -> None:
             return
         draft["details"] = text
     else:
-        ctx.reply(t("Please use the buttons above, or Cancel."), [[_cancel_button(ctx)]])
+        # Show this step's buttons again: "press the button" must point at the right ones.
+        ctx.reply(t("Please choose with the buttons below."))
+        await _ask(ctx, step, draft)
         return
     await _advance(ctx, step, draft)
 
@@ -292,6 +294,7 @@ async def _audience_pressed(ctx: Context, draft: dict[str, Any], choice: str) ->
     if choice == "done":
         if not chosen:
             ctx.reply(ctx.t("Choose at least one branch."))
+            await _ask_audience(ctx, draft)
             return
         await _advance(ctx, "audience", draft)
         return

@@ -13,6 +13,7 @@ from bot.broadcast import create_broadcast, withdraw
 from bot.context import Context, JobContext, RenderContext, WorkContext
 from bot.db.models import Broadcast, Member, Notice
 from bot.features import nudges
+from bot.i18n import N_
 from bot.messenger import Button, OutMessage
 from bot.routing import Router
 from bot.text import bold, join
@@ -250,7 +251,9 @@ async def _missing(ctx: WorkContext, notice_id: int) -> list[Member] | None:
     notice = await ctx.session.get(Notice, notice_id)
     if notice is None or notice.status != "sent" or not notice.rsvp or notice.starts_at <= ctx.now:
         return None
-    return [m for m in (await common.tally(ctx.session, notice)).no_answer if m.active]
+    tally = await common.tally(ctx.session, notice)
+    present = {m.id for m in tally.present}
+    return [m for m in tally.no_answer if m.active and m.id not in present]
 
 
 async def _label(ctx: RenderContext, notice_id: int) -> str | None:
@@ -294,15 +297,36 @@ async def render_sent(ctx: RenderContext) -> OutMessage | None:
     return OutMessage(common.render_notice(ctx.t, notice), answer_buttons(ctx, notice))
 
 
+CHANGED_LABELS = {
+    "title": N_("title"),
+    "time": N_("time"),
+    "place": N_("place"),
+    "details": N_("details"),
+    "answers": N_("whether to answer"),
+}
+
+
 @router.renderer("notice_update")
 async def render_update(ctx: RenderContext) -> OutMessage | None:
     notice = await _notice(ctx)
     if notice is None or notice.status != "sent":
         return None
-    heading = ctx.t("Updated notice — please check the details:")
-    return OutMessage(
-        common.render_notice(ctx.t, notice, heading=heading), answer_buttons(ctx, notice)
+    t = ctx.t
+    changed = [
+        t(CHANGED_LABELS[c])
+        for c in ctx.broadcast.payload.get("changed", [])
+        if c in CHANGED_LABELS
+    ]
+    heading = t(
+        "Updated notice ({changes} changed) — please check the details:", changes="、".join(changed)
     )
+    footer = t("If you already answered, your answer still stands; press again to change it.")
+    text = (
+        join([common.render_notice(t, notice, heading=heading), footer])
+        if notice.rsvp
+        else common.render_notice(t, notice, heading=heading)
+    )
+    return OutMessage(text, answer_buttons(ctx, notice))
 
 
 @router.renderer("notice_cancel")

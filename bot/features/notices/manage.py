@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from bot.broadcast import resend
 from bot.context import Context, InvalidButton
-from bot.db.models import Broadcast, Delivery, Member, Notice, NoticeBranch, Role
+from bot.db.models import Broadcast, Delivery, Member, Notice, NoticeBranch, Role, Rsvp
 from bot.i18n import N_
 from bot.routing import Router
 from bot.text import Rich, bold, join
@@ -49,7 +49,8 @@ async def notices(ctx: Context) -> None:
             lines.append(heading)
             for notice in group:
                 lines.append(await _summary_line(ctx, notice))
-    lines.append(t("/notice N5 shows one notice in full."))
+    if member.role_enum is not Role.MEMBER:
+        lines.append(t("/notice {ref} shows one notice in full.", ref=common.ref(rows[0])))
     ctx.reply("\n".join(lines))
 
 
@@ -59,24 +60,49 @@ async def _summary_line(ctx: Context, notice: Notice) -> str:
     if notice.status == "cancelled":
         return line + " · " + t("cancelled")
     if member.role_enum is Role.MEMBER:
-        mine = await ctx.session.scalar(
-            select(Delivery.id)
-            .join(Broadcast, Broadcast.id == Delivery.broadcast_id)
-            .where(Broadcast.subject_id == notice.id, Delivery.member_id == member.id)
-            .limit(1)
-        )
-        return line if mine else line + " · " + t("not addressed to you")
+        return f"{line} · {await _own_answer(ctx, notice, member)}"
     scope = None if member.role_enum is Role.ADMIN else member.branch_id
     tally = await common.tally(ctx.session, notice, branch_id=scope)
-    counts = t(
-        "attending {a} · leave {l} · no answer {n} · present {p}/{e}",
-        a=len(tally.attending),
-        l=len(tally.leave_approved) + len(tally.leave_pending) + len(tally.leave_refused),
-        n=len(tally.no_answer),
-        p=len(tally.present),
-        e=tally.expected,
-    )
+    if not notice.rsvp:
+        counts = t("present {p}/{e}", p=len(tally.present), e=tally.expected)
+    else:
+        counts = t(
+            "attending {a} · leave {l} · no answer {n} · present {p}/{e}",
+            a=len(tally.attending),
+            l=len(tally.leave_approved) + len(tally.leave_pending),
+            n=len(tally.no_answer),
+            p=len(tally.present),
+            e=tally.expected,
+        )
     return f"{line}\n    {counts}"
+
+
+async def _own_answer(ctx: Context, notice: Notice, member: Member) -> str:
+    """What a member sees about their own answer in /notices."""
+    t = ctx.t
+    addressed = await ctx.session.scalar(
+        select(Delivery.id)
+        .join(Broadcast, Broadcast.id == Delivery.broadcast_id)
+        .where(Broadcast.subject_id == notice.id, Delivery.member_id == member.id)
+        .limit(1)
+    )
+    if not addressed:
+        return t("not addressed to you")
+    row = await ctx.session.scalar(
+        select(Rsvp).where(Rsvp.notice_id == notice.id, Rsvp.member_id == member.id)
+    )
+    if row is not None and row.present:
+        return t("you were present")
+    if not notice.rsvp:
+        return t("for information")
+    if row is None or row.answer is None:
+        return t("you have not answered")
+    if row.answer == "attend":
+        return t("you will attend")
+    return {
+        "approved": t("your leave is approved"),
+        "refused": t("your leave was not approved"),
+    }.get(row.leave_status or "", t("your leave request is waiting"))
 
 
 async def show(ctx: Context, ref_text: str) -> None:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.broadcast import DIRECT, create_broadcast
@@ -25,6 +25,17 @@ KIND_LABELS = {
 }
 LETTERS = "ABCDEF"
 DONE = ("finished", "timed_out")
+# Taking part, for the figures: a finished attempt (paper scores included), or one the
+# clock ended after at least one answer. Pressing Start and walking away is not taking
+# part, so it does not count towards 参考率 or pull averages down with a zero.
+TAKEN = or_(
+    QuizAttempt.status == "finished",
+    and_(QuizAttempt.status == "timed_out", QuizAttempt.position > 0),
+)
+
+
+def taken(attempt: QuizAttempt) -> bool:
+    return attempt.status == "finished" or (attempt.status == "timed_out" and attempt.position > 0)
 
 
 def ref(quiz: Quiz) -> str:

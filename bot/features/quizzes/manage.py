@@ -5,15 +5,25 @@ closing on time, and nudging those who have not taken part."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot import scheduler
 from bot.broadcast import create_broadcast
 from bot.context import Context, InvalidButton, JobContext, RenderContext, WorkContext
-from bot.db.models import Branch, Member, QuestionBank, Quiz, QuizAttempt, QuizExemption, Role
+from bot.db.models import (
+    Branch,
+    Member,
+    Question,
+    QuestionBank,
+    Quiz,
+    QuizAttempt,
+    QuizExemption,
+    Role,
+)
 from bot.features import nudges
 from bot.features.directory import branch_label, branches, find_branch
 from bot.i18n import N_, Translator
@@ -71,7 +81,8 @@ async def member_view(ctx: Context) -> None:
     buttons = []
     for quiz in quizzes:
         attempts = await common.attempts_of(ctx.session, quiz, member)
-        done = [a for a in attempts if a.status in common.DONE]
+        # Paper scores are not chat attempts: they use up no tries.
+        done = [a for a in attempts if a.status in common.DONE and a.source == "chat"]
         line = t(
             "{ref} {title} · closes {when} · attempts {used}/{allowed}",
             ref=common.ref(quiz),
@@ -266,6 +277,15 @@ STEPS = (
 )
 
 
+async def _bank_size(ctx: Context, draft: dict[str, Any]) -> int:
+    count = await ctx.session.scalar(
+        select(func.count())
+        .select_from(Question)
+        .where(Question.bank_id == draft.get("bank"), Question.active)
+    )
+    return int(count or 0)
+
+
 async def start_composer(ctx: Context) -> None:
     await ctx.begin_flow(FLOW, "title", {})
     ctx.reply(
@@ -285,6 +305,8 @@ async def _ask(ctx: Context, step: str, draft: dict[str, Any]) -> None:
         ctx.reply(t("Which question bank?"), [*rows, cancel])
     elif step in _NUMBER_STEPS:
         question, _, largest = _NUMBER_STEPS[step]
+        if step == "count":
+            largest = min(largest, await _bank_size(ctx, draft))
         # No buttons here: where choices are picked by number (the console), a typed
         # answer like "1" would press the first button instead.
         ctx.reply(t(question, max=largest) + " " + t("(/cancel to stop)"))
@@ -336,7 +358,9 @@ async def _advance(ctx: Context, after: str, draft: dict[str, Any]) -> None:
 async def typed(ctx: Context) -> None:
     conversation = ctx.conversation
     assert conversation is not None
-    draft, step, t, text = dict(conversation.data), conversation.step, ctx.t, ctx.arg_text.strip()
+    draft, step, t = dict(conversation.data), conversation.step, ctx.t
+    # Chinese keyboards type full-width digits (６０ ９０).
+    text = unicodedata.normalize("NFKC", ctx.arg_text).strip()
     if step == "title":
         if not 0 < len(text) <= 100:
             ctx.reply(t("Please type a title of 1 to {max} characters.", max=100))
@@ -346,6 +370,14 @@ async def typed(ctx: Context) -> None:
         _, smallest, largest = _NUMBER_STEPS[step]
         if not re.fullmatch(r"[0-9]{1,4}", text) or not smallest <= int(text) <= largest:
             ctx.reply(t("Please type a number from {low} to {high}.", low=smallest, high=largest))
+            return
+        if step == "count" and int(text) > (available := await _bank_size(ctx, draft)):
+            ctx.reply(
+                t(
+                    "This bank has only {n} questions; please type a number from 1 to {n}.",
+                    n=available,
+                )
+            )
             return
         draft[step] = int(text)
     elif step == "marks":
@@ -357,7 +389,8 @@ async def typed(ctx: Context) -> None:
             return
         draft["marks"] = marks
     else:
-        ctx.reply(t("Please use the buttons above, or Cancel."))
+        ctx.reply(t("Please choose with the buttons below."))
+        await _ask(ctx, step, draft)
         return
     await _advance(ctx, step, draft)
 
@@ -387,6 +420,7 @@ async def pressed(ctx: Context) -> None:
         if arg == "done":
             if not chosen:
                 ctx.reply(ctx.t("Choose at least one branch."))
+                await _ask(ctx, "audience", draft)
                 return
             await _advance(ctx, "audience", draft)
             return
@@ -533,9 +567,7 @@ async def missing_members(ctx: WorkContext | Context, quiz: Quiz) -> list[Member
     audience = await common.audience(ctx.session, quiz)
     took = set(
         await ctx.session.scalars(
-            select(QuizAttempt.member_id).where(
-                QuizAttempt.quiz_id == quiz.id, QuizAttempt.status.in_(common.DONE)
-            )
+            select(QuizAttempt.member_id).where(QuizAttempt.quiz_id == quiz.id, common.TAKEN)
         )
     )
     excused = set(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -63,7 +64,7 @@ async def figures(
     )
     best_rows = await ctx.session.execute(
         select(QuizAttempt.member_id, func.max(QuizAttempt.score))
-        .where(QuizAttempt.quiz_id == quiz.id, QuizAttempt.status.in_(common.DONE))
+        .where(QuizAttempt.quiz_id == quiz.id, common.TAKEN)
         .group_by(QuizAttempt.member_id)
     )
     best = dict(best_rows.all())
@@ -161,7 +162,11 @@ async def _item_analysis(ctx: Context, quiz: Quiz, scope: int | None) -> list[Ri
         )
         .join(QuizAnswer, QuizAnswer.question_id == Question.id)
         .join(QuizAttempt, QuizAttempt.id == QuizAnswer.attempt_id)
-        .where(QuizAttempt.quiz_id == quiz.id, QuizAnswer.answered_at.is_not(None))
+        .where(
+            QuizAttempt.quiz_id == quiz.id,
+            QuizAttempt.status != "in_progress",  # the same attempts the scores use
+            QuizAnswer.answered_at.is_not(None),
+        )
         .group_by(Question.id, Question.text)
     )
     if scope is not None:
@@ -224,6 +229,7 @@ async def missing(ctx: Context) -> None:
 )
 async def offline(ctx: Context) -> None:
     t, me = ctx.t, ctx.require_member()
+    ctx.args = unicodedata.normalize("NFKC", ctx.arg_text).split()  # ９０ → 90
     if (
         len(ctx.args) < 3
         or not re.fullmatch(r"[0-9]{1,3}(\.[0-9])?", ctx.args[-1])

@@ -59,7 +59,7 @@ async def start_or_resume(ctx: Context, quiz: Quiz) -> None:
     if problem := _open_problem(t, quiz, ctx.now):
         ctx.reply(problem)
         return
-    done = [a for a in attempts if a.status in common.DONE]
+    done = [a for a in attempts if a.status in common.DONE and a.source == "chat"]
     if len(done) >= quiz.attempts_allowed:
         best = max((a.score or 0.0) for a in done)
         ctx.reply(
@@ -456,26 +456,42 @@ async def summary(work: WorkContext, t: Translator, quiz: Quiz, attempt: QuizAtt
             .order_by(QuizAnswer.position)
         )
     ).all()
-    if rows and quiz.explanations == "never":
+    wrong = [(row, question) for row, question in rows if row.answered_at is not None]
+    unanswered = [str(row.position + 1) for row, _ in rows if row.answered_at is None]
+    if wrong and quiz.explanations == "never":
         lines.append(
             t(
                 "Missed: questions {numbers}.",
-                numbers="、".join(str(r.position + 1) for r, _ in rows),
+                numbers="、".join(str(r.position + 1) for r, _ in wrong),
             )
         )
-    elif rows:
+    elif wrong:
         lines.append(t("Questions you missed:"))
-        for row, question in rows:
-            answer = "；".join(
-                f"{_letters(row, [c])}. {question.options[c]}" for c in question.answer
-            )
+        for row, question in wrong:
+            # Right answers in the order the member saw them: A, C — not C, A.
+            letters = sorted((_letters(row, [c]), question.options[c]) for c in question.answer)
+            answer = "；".join(f"{letter}. {text}" for letter, text in letters)
             lines.append(f"{row.position + 1}. {question.text}")
+            lines.append(
+                "   " + t("Your answer: {letters}", letters=_letters(row, row.selected or []))
+            )
             lines.append("   " + t("Answer: {answer}", answer=answer))
             if question.explanation:
                 lines.append("   " + question.explanation)
-    used = len([a for a in await _attempts(work, attempt) if a.status in common.DONE])
+    if unanswered:
+        # Questions the clock or the close cut off: not shown, so not "missed".
+        lines.append(t("Not answered: questions {numbers}.", numbers="、".join(unanswered)))
+    used = len(
+        [
+            a
+            for a in await _attempts(work, attempt)
+            if a.status in common.DONE and a.source == "chat"
+        ]
+    )
     left = quiz.attempts_allowed - used
-    if left > 0 and quiz.status == "open" and work.now < quiz.closes_at:
+    if left <= 0 and attempt.source == "chat":
+        lines.append(t("That was your last attempt."))
+    elif left > 0 and quiz.status == "open" and work.now < quiz.closes_at:
         lines.append(
             t.n(
                 "You may try {count} more time: send /quiz.",
