@@ -17,9 +17,10 @@ from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import Role
-from bot.features import deliveries, join, notices, nudges, profile, quizzes, roster
+from bot.features import deliveries, join, notices, nudges, oath, profile, quizzes, roster
 from bot.i18n import LANGUAGES, translator
 from bot.messenger import Messenger
+from bot.oaths import load_oath_pack, plan_campaigns, store_oath_texts
 from bot.quizbank import load_pack_banks, store_bank
 from bot.routing import Dispatcher, Router
 from bot.scheduler import Scheduler
@@ -42,6 +43,7 @@ def build_router() -> Router:
         roster.router,
         notices.router,
         quizzes.router,
+        oath.router,
         nudges.router,
         deliveries.router,
     ):
@@ -85,6 +87,7 @@ class App:
         # Validate every bank before touching the database: a bad file stops start-up
         # with its path and field, and nothing is half-loaded.
         banks, quiz_specs = load_pack_banks(self.settings.content_path)
+        oath_pack = load_oath_pack(self.settings.content_path)
         async with self.sessionmaker.begin() as session:
             now = self.clock.now()
             org = await sync_pack(session, pack, now)
@@ -92,6 +95,7 @@ class App:
             info = OrgInfo(org.id, org.code, org.name, org.name_en, org.timezone, home)
             for bank in banks:
                 await store_bank(session, org.id, bank, now)
+            await store_oath_texts(session, org.id, oath_pack.oaths)
         capabilities = self.messenger.capabilities
         services = Services(
             settings=self.settings,
@@ -118,6 +122,9 @@ class App:
         self.scheduler = Scheduler(
             self.sessionmaker, services, self.router.jobs, worker_id=self.worker_id
         )
+        async with self.sessionmaker.begin() as session:
+            # Idempotent: the next opening of every calendar rule, and today's birthdays.
+            await plan_campaigns(session, services, self.clock.now())
         self.dispatcher = Dispatcher(
             self.router, services, self.sessionmaker, self.messenger, self.read_sessionmaker
         )

@@ -23,6 +23,7 @@ from bot.db import migrate
 from bot.db.engine import create_engine, create_sessionmaker
 from bot.db.models import AuditLog
 from bot.messenger import MessengerError, TransientFailure
+from bot.oaths import load_oath_pack
 from bot.quizbank import (
     BankError,
     BankSpec,
@@ -179,6 +180,7 @@ def content_check() -> None:
     try:
         pack = load_pack(settings.content_path)
         banks, quizzes = load_pack_banks(settings.content_path)
+        oaths = load_oath_pack(settings.content_path)
     except ContentError as exc:
         _fail("Invalid content:", str(exc))
     except BankError as exc:
@@ -188,7 +190,8 @@ def content_check() -> None:
         _fail("Invalid content:", f"{len(exc.problems)} problems in the question banks")
     typer.echo(
         f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}, "
-        f"{sum(len(b.questions) for b in banks)} questions in {len(banks)} banks, {len(quizzes)} ready-made quizzes"
+        f"{sum(len(b.questions) for b in banks)} questions in {len(banks)} banks, {len(quizzes)} ready-made quizzes, "
+        f"{len(oaths.rules)} oath-renewal dates"
     )
 
 
