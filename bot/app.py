@@ -17,8 +17,19 @@ from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import Role
-from bot.features import deliveries, join, notices, nudges, oath, profile, quizzes, roster
+from bot.features import (
+    deliveries,
+    join,
+    notices,
+    nudges,
+    oath,
+    profile,
+    quizzes,
+    roster,
+    study,
+)
 from bot.i18n import LANGUAGES, translator
+from bot.materials import load_materials, store_materials
 from bot.messenger import Messenger
 from bot.oaths import load_oath_pack, plan_campaigns, store_oath_texts
 from bot.quizbank import load_pack_banks, store_bank
@@ -43,6 +54,7 @@ def build_router() -> Router:
         roster.router,
         notices.router,
         quizzes.router,
+        study.router,
         oath.router,
         nudges.router,
         deliveries.router,
@@ -88,6 +100,7 @@ class App:
         # with its path and field, and nothing is half-loaded.
         banks, quiz_specs = load_pack_banks(self.settings.content_path)
         oath_pack = load_oath_pack(self.settings.content_path)
+        materials = load_materials(self.settings.content_path)
         async with self.sessionmaker.begin() as session:
             now = self.clock.now()
             org = await sync_pack(session, pack, now)
@@ -96,6 +109,7 @@ class App:
             for bank in banks:
                 await store_bank(session, org.id, bank, now)
             await store_oath_texts(session, org.id, oath_pack.oaths)
+            await store_materials(session, org.id, materials, now)
         capabilities = self.messenger.capabilities
         services = Services(
             settings=self.settings,
@@ -125,6 +139,7 @@ class App:
         async with self.sessionmaker.begin() as session:
             # Idempotent: the next opening of every calendar rule, and today's birthdays.
             await plan_campaigns(session, services, self.clock.now())
+            await study.plan_publications(session, services, self.clock.now())
         self.dispatcher = Dispatcher(
             self.router, services, self.sessionmaker, self.messenger, self.read_sessionmaker
         )

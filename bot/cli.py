@@ -22,6 +22,7 @@ from bot.content import ContentError, Pack, load_pack, sync_pack
 from bot.db import migrate
 from bot.db.engine import create_engine, create_sessionmaker
 from bot.db.models import AuditLog
+from bot.materials import MaterialError, load_materials
 from bot.messenger import MessengerError, TransientFailure
 from bot.oaths import load_oath_pack
 from bot.quizbank import (
@@ -83,7 +84,7 @@ def _fail(prefix: str, message: str, settings: Settings | None = None, code: int
 
 def _explain(exc: BaseException, settings: Settings) -> str:
     """What went wrong at start-up, in terms of the setting to look at."""
-    if isinstance(exc, ContentError):
+    if isinstance(exc, (ContentError, BankError, MaterialError)):
         return f"{ENV_PREFIX}CONTENT_PATH: {exc}"
     if isinstance(exc, (SQLAlchemyError, ConnectionError)) or (
         isinstance(exc, OSError) and not isinstance(exc, MessengerError)
@@ -181,6 +182,11 @@ def content_check() -> None:
         pack = load_pack(settings.content_path)
         banks, quizzes = load_pack_banks(settings.content_path)
         oaths = load_oath_pack(settings.content_path)
+        materials = load_materials(settings.content_path)
+    except MaterialError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        _fail("Invalid content:", f"{len(exc.problems)} problems in the study materials")
     except ContentError as exc:
         _fail("Invalid content:", str(exc))
     except BankError as exc:
@@ -191,7 +197,7 @@ def content_check() -> None:
     typer.echo(
         f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}, "
         f"{sum(len(b.questions) for b in banks)} questions in {len(banks)} banks, {len(quizzes)} ready-made quizzes, "
-        f"{len(oaths.rules)} oath-renewal dates"
+        f"{len(oaths.rules)} oath-renewal dates, {len(materials)} study materials"
     )
 
 

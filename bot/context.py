@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
@@ -109,7 +110,16 @@ class QuizPoll:
     on_sent: Callable[[AsyncSession, PollRef], Awaitable[None]]
 
 
-Outgoing = Reply | Edit | MenuUpdate | QuizPoll
+@dataclass(frozen=True, slots=True)
+class Document:
+    """Send a file as a document (only where ``capabilities.documents``)."""
+
+    chat_id: str
+    path: Path
+    caption: str | None = None
+
+
+Outgoing = Reply | Edit | MenuUpdate | QuizPoll | Document
 
 
 class NeedsWrite(Exception):
@@ -209,6 +219,11 @@ class Context:
 
     def button(self, label: str, *parts: str | int) -> Button:
         return make_button(self.services.capabilities, label, *parts)
+
+    def send_document(self, path: Path, *, caption: str | None = None) -> None:
+        """Send a file to this chat after the commit; check ``capabilities.documents``
+        first (where it is False nothing is sent)."""
+        self.outbox.append(Document(self.chat_id, path, caption))
 
     def show(self, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()) -> None:
         """Update the message whose button was pressed, where the messenger can edit;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bot.text import Rich
@@ -199,6 +200,19 @@ class Messenger(Protocol):
 
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         """Acknowledge a button press (stops the spinner); ``notice`` shows as a toast."""
+        ...
+
+    async def send_document(
+        self, chat_id: str, path: Path, *, caption: str | None = None
+    ) -> SentRef:
+        """Send the file at ``path`` as a document, with an optional plain-text caption
+        (at most 1024 characters as Telegram counts them; longer raises
+        :class:`MessengerError` before anything is sent).
+
+        Adapters without ``capabilities.documents`` raise :class:`MessengerError` or, like
+        the console, only say that a document was sent; features check the capability
+        and tell people where else to find the file.
+        """
         ...
 
     async def send_quiz_poll(

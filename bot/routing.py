@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.context import (
     Context,
+    Document,
     Edit,
     InvalidButton,
     JobContext,
@@ -529,6 +530,10 @@ class Dispatcher:
                     await self._send_poll(item)
                 elif isinstance(item, MenuUpdate):
                     await self._update_menu(item)
+                elif isinstance(item, Document) and self.services.capabilities.documents:
+                    await self.messenger.send_document(
+                        item.chat_id, item.path, caption=item.caption
+                    )
             except MessengerError as exc:
                 log.warning(
                     "could not deliver %s to %s: %s", type(item).__name__, item.chat_id, exc

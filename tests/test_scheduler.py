@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from adapters.console import ConsoleMessenger
@@ -108,6 +108,10 @@ async def env(database_url: str) -> AsyncIterator[Env]:
         clock=clock,
     )
     await app.prepare()
+    # Start-up plans the product's own jobs (oath calendar, birthdays); these tests
+    # run schedulers that know only their test kinds, so they start from an empty table.
+    async with app.sessionmaker.begin() as session:
+        await session.execute(delete(DueJob))
     try:
         yield Env(app, clock)
     finally:
@@ -622,9 +626,9 @@ async def test_two_processes_run_every_job_exactly_once(env: Env, database_url: 
     assert len(effects) == total and set(effects.values()) == {1}
     async with env.sessionmaker() as session:
         statuses = await session.execute(
-            select(DueJob.status, DueJob.worker, func.count()).group_by(
-                DueJob.status, DueJob.worker
-            )
+            select(DueJob.status, DueJob.worker, func.count())
+            .where(DueJob.kind == "test.write")  # not the product's own jobs
+            .group_by(DueJob.status, DueJob.worker)
         )
         by_worker = {(status, worker): n for status, worker, n in statuses}
     assert by_worker == {

@@ -742,6 +742,17 @@ class FakeTelegram:
                 polls.append({**poll, "is_closed": closed} if closed else poll)
         return polls
 
+    def documents_to(self, chat_id: int) -> list[JSONDict]:
+        """Documents in the messages the bot sent to the chat (not deleted), each the
+        ``document`` object (file name, size, MIME type) with its ``caption`` if any."""
+        documents: list[JSONDict] = []
+        for message in self.messages_to(chat_id):
+            document = message.get("document")
+            if document is not None:
+                caption = message.get("caption")
+                documents.append({**document, "caption": caption} if caption else document)
+        return documents
+
     def callback_answer(self, callback_query_id: str) -> Call | None:
         """The successful ``answerCallbackQuery`` call for that query, if any."""
         for call in self.calls:
@@ -1018,7 +1029,8 @@ class FakeTelegram:
         document: JSONDict = {"file_id": file_id, "file_unique_id": unique_id}
         if file_name:
             document["file_name"] = file_name
-            mime_type = mime_type or mimetypes.guess_type(file_name)[0]
+            # Telegram goes by the file name; clients often label uploads octet-stream.
+            mime_type = mimetypes.guess_type(file_name)[0] or mime_type
         if mime_type:
             document["mime_type"] = mime_type
         if size is not None:
@@ -1215,6 +1227,8 @@ class FakeTelegram:
         document = params.get("document")
         if not document:
             raise _error("Bad Request: there is no document in the request")
+        if isinstance(document, dict) and not document.get("file_size"):
+            raise _error("Bad Request: file must be non-empty")
         if isinstance(document, dict):
             described = self._document(
                 document.get("file_name"), document.get("file_size"), document.get("mime_type")

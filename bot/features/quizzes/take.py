@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Numeric, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -423,7 +423,8 @@ async def finish(work: WorkContext, quiz: Quiz, attempt: QuizAttempt, status: st
             finished_at=work.now,
             # From the row as it is now, not as this transaction first read it: an
             # answer committed in between (PostgreSQL, READ COMMITTED) still counts.
-            score=func.round(100.0 * QuizAttempt.correct / QuizAttempt.total, 1),
+            # Numeric, because PostgreSQL has round(numeric, int) but no float version.
+            score=func.round(cast(100 * QuizAttempt.correct, Numeric) / QuizAttempt.total, 1),
         )
         .execution_options(synchronize_session=False)
     )
