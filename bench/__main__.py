@@ -16,13 +16,46 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import me_roundtrip
-from .harness import BenchError, Comparison, print_comparison, quiet_logging, write_json
+from . import broadcast, me_roundtrip, quiz_answers
+from .harness import BenchError, Report, quiet_logging, write_json
 
-Suite = Callable[..., Awaitable[Comparison]]
+Progress = Callable[[str], None] | None
+Suite = Callable[[argparse.Namespace, Progress], Awaitable[Report]]
+
+
+async def _me_roundtrip(args: argparse.Namespace, progress: Progress) -> Report:
+    return await me_roundtrip.run(
+        updates=args.updates,
+        users=args.users,
+        repeats=args.repeats,
+        warmup_updates=args.warmup_updates,
+        progress=progress,
+    )
+
+
+async def _broadcast(args: argparse.Namespace, progress: Progress) -> Report:
+    return await broadcast.run(
+        recipients=args.recipients,
+        repeats=args.repeats,
+        warmup=args.warmup_updates,
+        progress=progress,
+    )
+
+
+async def _quiz(args: argparse.Namespace, progress: Progress) -> Report:
+    return await quiz_answers.run(
+        answers=args.answers,
+        repeats=args.repeats,
+        warmup_answers=args.warmup_updates,
+        database_url=args.database_url,
+        progress=progress,
+    )
+
 
 BENCHMARKS: dict[str, Suite] = {
-    me_roundtrip.NAME: me_roundtrip.run,
+    me_roundtrip.NAME: _me_roundtrip,
+    broadcast.NAME: _broadcast,
+    quiz_answers.NAME: _quiz,
 }
 
 
@@ -30,6 +63,13 @@ def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _at_least_two(value: str) -> int:
+    number = int(value)
+    if number < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {number}")
     return number
 
 
@@ -57,7 +97,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--warmup-updates",
         type=_positive,
         default=300,
-        help="updates in the one unmeasured warm-up run per side (300)",
+        help="updates (broadcast: messages; quiz: answers) in the one unmeasured warm-up run "
+        "per side (300)",
+    )
+    parser.add_argument(
+        "--recipients",
+        type=_at_least_two,
+        default=10_000,
+        help="broadcast: members the paced notice goes to (10000, about 6 min at 30/s); "
+        f"the ceiling uses at most {broadcast.CEILING_MAX_RECIPIENTS} of them",
+    )
+    parser.add_argument(
+        "--answers", type=_positive, default=1000, help="quiz: answers per measured run (1000)"
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="quiz: also run on this PostgreSQL server (postgresql+asyncpg://...), in a "
+        f"scratch database {quiz_answers.SCRATCH_DATABASE} created and dropped there",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")
@@ -68,24 +125,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _run_all(args: argparse.Namespace, console: Console) -> list[Comparison]:
+async def _run_all(args: argparse.Namespace, console: Console) -> list[Report]:
     names = args.benchmarks or list(BENCHMARKS)
-    results = []
+    results: list[Report] = []
     for name in names:
         if not args.quiet:
             console.print(f"[bold]{name}[/bold]")
 
         def progress(line: str) -> None:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-        comparison = await BENCHMARKS[name](
-            updates=args.updates,
-            users=args.users,
-            repeats=args.repeats,
-            warmup_updates=args.warmup_updates,
-            progress=None if args.quiet else progress,
-        )
-        results.append(comparison)
+        report = await BENCHMARKS[name](args, None if args.quiet else progress)
+        results.append(report)
     return results
 
 
@@ -95,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     started = time.perf_counter()
     try:
-        comparisons = asyncio.run(_run_all(args, console))
+        reports = asyncio.run(_run_all(args, console))
     except BenchError as exc:
         console.print(f"[red]benchmark failed:[/red] {exc}", highlight=False)
         return 1
@@ -105,10 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print_exception()
         return 1
     console.print()
-    for comparison in comparisons:
-        print_comparison(console, comparison)
+    for report in reports:
+        report.render(console)
+        console.print()
     if args.json is not None:
-        write_json(args.json, comparisons)
+        write_json(args.json, reports)
         console.print(f"results written to {args.json}", highlight=False)
     console.print(f"total {time.perf_counter() - started:.0f} s", highlight=False, style="dim")
     return 0

@@ -21,13 +21,14 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -37,6 +38,7 @@ from tests.fakes.telegram_api import Call, FakeTelegram
 __all__ = [
     "BenchError",
     "Comparison",
+    "Report",
     "Run",
     "RunFn",
     "alternate",
@@ -94,17 +96,19 @@ async def wait_for_calls(
     count: int,
     *,
     timeout: float,  # noqa: ASYNC109 - the deadline is part of what is measured
+    status: int | None = None,
 ) -> Call:
     """The ``count``-th request to ``method`` (already made or still to come).
 
     Counts every request to the method whatever its status, so a failing bot is reported
-    by the caller's verification rather than as a mysterious timeout.
+    by the caller's verification rather than as a mysterious timeout; ``status`` counts
+    only the requests answered with it (e.g. 200 where 429s are retried).
     """
     seen = 0
 
     def counted(call: Call) -> bool:
         nonlocal seen
-        if call.method == method:
+        if call.method == method and (status is None or call.status == status):
             seen += 1
         return seen >= count
 
@@ -113,8 +117,9 @@ async def wait_for_calls(
         # predicate exactly once, so the count is exact.
         return await fake.wait_for(counted, timeout=timeout)
     except TimeoutError:
+        answered = "" if status is None else f" answered {status}"
         raise BenchError(
-            f"only {seen} of {count} {method} requests arrived within {timeout:.0f} s"
+            f"only {seen} of {count} {method} requests{answered} arrived within {timeout:.0f} s"
         ) from None
 
 
@@ -150,12 +155,18 @@ def reply_timeout(updates: int) -> float:
 @dataclass(frozen=True, slots=True)
 class Run:
     side: str
-    updates: int
+    updates: int  # what the run handled (updates, messages...)
     seconds: float
+    # How many of them the rate counts, if not all: a window from the first event to the
+    # last holds ``updates - 1`` intervals.
+    counted: int | None = None
+    # Anything else a benchmark measured about the run (CPU time, memory...).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
-        return self.updates / self.seconds if self.seconds > 0 else float("inf")
+        n = self.updates if self.counted is None else self.counted
+        return n / self.seconds if self.seconds > 0 else float("inf")
 
 
 RunFn = Callable[[int], Awaitable[Run]]
@@ -173,6 +184,7 @@ class Comparison:
     parameters: dict[str, Any] = field(default_factory=dict)
     floor_name: str = "floor"
     subject_name: str = "zhibu"
+    unit: str = "updates"
 
     @property
     def floor_rate(self) -> float:
@@ -191,10 +203,12 @@ class Comparison:
         return self.ratio >= self.target
 
     def to_json(self) -> dict[str, Any]:
+        unit = self.unit
+
         def side(runs: list[Run], median: float) -> dict[str, Any]:
             return {
-                "median_updates_per_s": round(median, 1),
-                "runs": [asdict(r) | {"updates_per_s": round(r.rate, 1)} for r in runs],
+                f"median_{unit}_per_s": round(median, 1),
+                "runs": [asdict(r) | {f"{unit}_per_s": round(r.rate, 1)} for r in runs],
             }
 
         return {
@@ -208,6 +222,17 @@ class Comparison:
             "verdict": "PASS" if self.passed else "BELOW",
         }
 
+    def render(self, console: Console) -> None:
+        print_comparison(console, self)
+
+
+class Report(Protocol):
+    """What a benchmark returns: printable as a table and as JSON."""
+
+    def render(self, console: Console) -> None: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
 
 async def alternate(
     sides: Sequence[tuple[str, RunFn]],
@@ -216,6 +241,7 @@ async def alternate(
     updates: int,
     warmup_updates: int,
     progress: Callable[[str], None] | None = None,
+    unit: str = "updates",
 ) -> dict[str, list[Run]]:
     """One warm-up per side, then ``repeats`` rounds running the sides in turn."""
     results: dict[str, list[Run]] = {name: [] for name, _ in sides}
@@ -232,7 +258,7 @@ async def alternate(
         if progress is not None:
             label = "warm-up" if warmup else "run"
             progress(
-                f"{name:>6} {label:<7} {run.updates:>6} updates  {run.rate:8.1f} updates/s"
+                f"{name:>6} {label:<7} {run.updates:>6} {unit}  {run.rate:8.1f} {unit}/s"
                 f"  ({run.seconds:.2f} s measured, {wall:.1f} s wall)"
             )
         if not warmup:
@@ -254,13 +280,32 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python_telegram_bot": telegram.__version__,
         "sqlalchemy": sqlalchemy.__version__,
+        "git": git_state(),
     }
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured and the files changed on top of it (read-only git calls)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+        return result.stdout.rstrip("\n") if result.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "changed": changed} if commit else {}
 
 
 def print_comparison(console: Console, comparison: Comparison) -> None:
     table = Table(title=f"{comparison.benchmark}: {comparison.description}", title_justify="left")
     table.add_column("side")
-    table.add_column("updates/s per run", justify="right", no_wrap=True)
+    table.add_column(f"{comparison.unit}/s per run", justify="right", no_wrap=True)
     table.add_column("median", justify="right")
     table.add_column(f"vs {comparison.floor_name}", justify="right")
     table.add_column("target", justify="right")
@@ -282,11 +327,11 @@ def print_comparison(console: Console, comparison: Comparison) -> None:
     console.print(table)
 
 
-def write_json(path: Path, comparisons: Sequence[Comparison]) -> None:
+def write_json(path: Path, reports: Sequence[Report]) -> None:
     document = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": environment(),
-        "results": [c.to_json() for c in comparisons],
+        "results": [r.to_json() for r in reports],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
