@@ -8,17 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.messenger import (
     Button,
+    ButtonPress,
     Capabilities,
     CommandInfo,
+    Event,
     MessengerError,
     OutMessage,
+    PollAnswer,
     RateLimited,
     RecipientUnreachable,
+    Sender,
+    TextMessage,
     TransientFailure,
+    UnsupportedMessage,
 )
 from bot.text import Rich, Style, units
 
@@ -352,3 +359,69 @@ def is_poll_closed(description: str) -> bool:
 def is_stale_query(description: str) -> bool:
     lowered = description.lower()
     return "query is too old" in lowered or "query id is invalid" in lowered
+
+
+# --- updates into port events -------------------------------------------------------
+# python-telegram-bot and aiogram model updates with the same field names (both follow
+# the Bot API), so one conversion serves both; the objects are typed loosely here to
+# keep this module free of either library.
+
+
+def sender(user: Any) -> Sender:
+    return Sender(
+        platform=PLATFORM,
+        user_id=str(user.id),
+        display_name=user.full_name,
+        username=user.username,
+        language_code=user.language_code,
+    )
+
+
+def message_event(message: Any) -> Event | None:
+    user = message.from_user
+    if user is None:  # channel posts and anonymous group admins have no person behind them
+        return None
+    who = sender(user)
+    chat_id = str(message.chat.id)
+    private = message.chat.type == "private"
+    if message.text is not None:
+        return TextMessage(
+            sender=who,
+            chat_id=chat_id,
+            text=message.text,
+            message_id=str(message.message_id),
+            private=private,
+        )
+    kind = unsupported_kind(message)
+    if kind is None:
+        return None
+    return UnsupportedMessage(sender=who, chat_id=chat_id, kind=kind, private=private)
+
+
+def press_event(query: Any) -> ButtonPress | None:
+    # Presses on inline-mode messages have no chat, and game buttons have no data: the
+    # core sent neither, so there is nothing to route.
+    if query.data is None or query.message is None:
+        return None
+    return ButtonPress(
+        sender=sender(query.from_user),
+        chat_id=str(query.message.chat.id),
+        data=query.data,
+        press_id=query.id,
+        message_id=str(query.message.message_id),
+        private=query.message.chat.type == "private",
+    )
+
+
+def poll_answer_event(answer: Any) -> PollAnswer | None:
+    # A vote cast on behalf of a chat (an anonymous admin, a channel) has no person
+    # behind it; Telegram fills ``user`` with a placeholder then.
+    if answer.user is None or answer.voter_chat is not None:
+        return None
+    who = sender(answer.user)
+    return PollAnswer(
+        sender=who,
+        poll_id=answer.poll_id,
+        option_ids=tuple(answer.option_ids),
+        chat_id=who.user_id,
+    )

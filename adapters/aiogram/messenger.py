@@ -12,13 +12,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.enums import ChatType, ParseMode, PollType
+from aiogram.enums import ParseMode, PollType
 from aiogram.exceptions import (
     AiogramError,
     ClientDecodeError,
@@ -38,12 +39,12 @@ from aiogram.types import (
     BotCommand,
     BotCommandScopeChat,
     BotCommandScopeDefault,
+    BufferedInputFile,
     CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Message,
     TelegramObject,
-    User,
 )
 from aiogram.types import PollAnswer as TelegramPollAnswer
 
@@ -57,15 +58,15 @@ from bot.messenger import (
     EventHandler,
     MessengerError,
     OutMessage,
-    PollAnswer,
     PollRef,
-    Sender,
     SentRef,
-    TextMessage,
-    UnsupportedMessage,
 )
+from bot.text import plain, units
 
 log = logging.getLogger(__name__)
+
+# Telegram's limit for a document's caption, in UTF-16 code units.
+MAX_CAPTION_LENGTH = 1024
 
 # aiogram raises one subclass per HTTP status. They are checked before the catch-all
 # TelegramNetworkError because TelegramEntityTooLarge (a 413) subclasses it.
@@ -107,64 +108,18 @@ def _port_errors() -> Iterator[None]:
         raise to_port_error(exc) from exc
 
 
-def _sender(user: User) -> Sender:
-    return Sender(
-        platform=tg.PLATFORM,
-        user_id=str(user.id),
-        display_name=user.full_name,
-        username=user.username,
-        language_code=user.language_code,
-    )
-
-
-def _message_event(message: Message) -> Event | None:
-    user = message.from_user
-    if user is None:  # channel posts and anonymous group admins have no person behind them
+def _document_caption(path: Path, caption: str | None) -> str | None:
+    """Check a document before any call: the file exists and the caption fits; returns
+    the caption as HTML (escaped plain text; the bot's default parse mode is HTML)."""
+    if not path.is_file():
+        raise MessengerError(f"no file to send at {path}")
+    if not caption:
         return None
-    sender = _sender(user)
-    chat_id = str(message.chat.id)
-    private = message.chat.type == ChatType.PRIVATE
-    if message.text is not None:
-        return TextMessage(
-            sender=sender,
-            chat_id=chat_id,
-            text=message.text,
-            message_id=str(message.message_id),
-            private=private,
+    if units(caption) > MAX_CAPTION_LENGTH:
+        raise MessengerError(
+            f"caption is {units(caption)} units, over the limit of {MAX_CAPTION_LENGTH}"
         )
-    kind = tg.unsupported_kind(message)
-    if kind is None:
-        return None
-    return UnsupportedMessage(sender=sender, chat_id=chat_id, kind=kind, private=private)
-
-
-def _press_event(query: CallbackQuery) -> ButtonPress | None:
-    # Presses on inline-mode messages have no chat, and game buttons have no data: the
-    # core sent neither, so there is nothing to route.
-    if query.data is None or query.message is None:
-        return None
-    return ButtonPress(
-        sender=_sender(query.from_user),
-        chat_id=str(query.message.chat.id),
-        data=query.data,
-        press_id=query.id,
-        message_id=str(query.message.message_id),
-        private=query.message.chat.type == ChatType.PRIVATE,
-    )
-
-
-def _poll_answer_event(answer: TelegramPollAnswer) -> PollAnswer | None:
-    # A vote cast on behalf of a chat (an anonymous admin, a channel) has no person
-    # behind it; Telegram fills ``user`` with a placeholder then.
-    if answer.user is None or answer.voter_chat is not None:
-        return None
-    sender = _sender(answer.user)
-    return PollAnswer(
-        sender=sender,
-        poll_id=answer.poll_id,
-        option_ids=tuple(answer.option_ids),
-        chat_id=sender.user_id,
-    )
+    return tg.render(plain(caption))
 
 
 def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
@@ -295,12 +250,12 @@ class AiogramMessenger:
     # --- inbound ------------------------------------------------------------------
 
     async def _on_message(self, message: Message) -> None:
-        event = _message_event(message)
+        event = tg.message_event(message)
         if event is not None:
             await self._deliver(event, message.message_id)
 
     async def _on_callback(self, query: CallbackQuery) -> None:
-        event = _press_event(query)
+        event = tg.press_event(query)
         if event is None:
             try:
                 await query.answer()
@@ -310,7 +265,7 @@ class AiogramMessenger:
         await self._deliver(event, query.id)
 
     async def _on_poll_answer(self, answer: TelegramPollAnswer) -> None:
-        event = _poll_answer_event(answer)
+        event = tg.poll_answer_event(answer)
         if event is not None:
             await self._deliver(event, answer.poll_id)
 
@@ -369,6 +324,20 @@ class AiogramMessenger:
             raise to_port_error(exc) from exc
         except AiogramError as exc:
             raise to_port_error(exc) from exc
+
+    async def send_document(
+        self, chat_id: str, path: Path, *, caption: str | None = None
+    ) -> SentRef:
+        html_caption = _document_caption(path, caption)
+        data = await asyncio.to_thread(path.read_bytes)
+        bot = self._bot_or_raise()
+        with _port_errors():
+            sent = await bot.send_document(
+                chat_id=tg.chat_id_param(chat_id),
+                document=BufferedInputFile(data, filename=path.name),
+                caption=html_caption,
+            )
+        return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
 
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         bot = self._bot_or_raise()

@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import count
+from pathlib import Path
 from typing import TextIO
 
 from bot.messenger import (
@@ -88,6 +89,8 @@ class ConsoleMessenger:
         self._ids = count(1)
         self._pending_press: str | None = None
         self.sent: deque[tuple[str, OutMessage]] = deque(maxlen=1000)
+        # Documents "sent" (chat, file, caption): the console only names them.
+        self.documents: deque[tuple[str, Path, str | None]] = deque(maxlen=100)
 
     @property
     def platform(self) -> str:
@@ -213,6 +216,17 @@ class ConsoleMessenger:
 
     async def edit(self, ref: SentRef, message: OutMessage) -> None:
         await self.send(ref.chat_id, message)
+
+    async def send_document(
+        self, chat_id: str, path: Path, *, caption: str | None = None
+    ) -> SentRef:
+        """A terminal cannot hand over a file: it says which one was sent."""
+        ref = SentRef(chat_id, str(next(self._ids)))
+        self.documents.append((chat_id, path, caption))
+        prefix = "bot: " if chat_id == self.user else f"bot → {chat_id}: "
+        line = f"{prefix}(document: {path.name})"
+        self._print(line + (f" {caption}" if caption else ""))
+        return ref
 
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         # The console has no toasts; a notice also arrives as a reply when it matters.

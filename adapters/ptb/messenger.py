@@ -6,26 +6,25 @@ event, and no JobQueue, persistence or conversation handler holds product state.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from telegram import (
     BotCommand,
     BotCommandScopeChat,
     BotCommandScopeDefault,
-    CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     LinkPreviewOptions,
-    Message,
     Poll,
     Update,
 )
-from telegram import PollAnswer as TelegramPollAnswer
-from telegram.constants import ChatType, ParseMode
+from telegram.constants import ParseMode
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -49,15 +48,15 @@ from bot.messenger import (
     EventHandler,
     MessengerError,
     OutMessage,
-    PollAnswer,
     PollRef,
-    Sender,
     SentRef,
-    TextMessage,
-    UnsupportedMessage,
 )
+from bot.text import plain, units
 
 log = logging.getLogger(__name__)
+
+# Telegram's limit for a document's caption, in UTF-16 code units.
+MAX_CAPTION_LENGTH = 1024
 
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
@@ -96,64 +95,18 @@ def _port_errors() -> Iterator[None]:
         raise to_port_error(exc) from exc
 
 
-def _sender(user: Any) -> Sender:
-    return Sender(
-        platform=tg.PLATFORM,
-        user_id=str(user.id),
-        display_name=user.full_name,
-        username=user.username,
-        language_code=user.language_code,
-    )
-
-
-def _message_event(message: Message) -> Event | None:
-    user = message.from_user
-    if user is None:  # channel posts and anonymous group admins have no person behind them
+def _document_caption(path: Path, caption: str | None) -> str | None:
+    """Check a document before any call: the file exists and the caption fits; returns
+    the caption as HTML (escaped plain text)."""
+    if not path.is_file():
+        raise MessengerError(f"no file to send at {path}")
+    if not caption:
         return None
-    sender = _sender(user)
-    chat_id = str(message.chat.id)
-    private = message.chat.type == ChatType.PRIVATE
-    if message.text is not None:
-        return TextMessage(
-            sender=sender,
-            chat_id=chat_id,
-            text=message.text,
-            message_id=str(message.message_id),
-            private=private,
+    if units(caption) > MAX_CAPTION_LENGTH:
+        raise MessengerError(
+            f"caption is {units(caption)} units, over the limit of {MAX_CAPTION_LENGTH}"
         )
-    kind = tg.unsupported_kind(message)
-    if kind is None:
-        return None
-    return UnsupportedMessage(sender=sender, chat_id=chat_id, kind=kind, private=private)
-
-
-def _press_event(query: CallbackQuery) -> ButtonPress | None:
-    # Presses on inline-mode messages have no chat, and game buttons have no data: the
-    # core sent neither, so there is nothing to route.
-    if query.data is None or query.message is None:
-        return None
-    return ButtonPress(
-        sender=_sender(query.from_user),
-        chat_id=str(query.message.chat.id),
-        data=query.data,
-        press_id=query.id,
-        message_id=str(query.message.message_id),
-        private=query.message.chat.type == ChatType.PRIVATE,
-    )
-
-
-def _poll_answer_event(answer: TelegramPollAnswer) -> PollAnswer | None:
-    # A vote cast on behalf of a chat (an anonymous admin, a channel) has no person
-    # behind it; Telegram fills ``user`` with a placeholder then.
-    if answer.user is None or answer.voter_chat is not None:
-        return None
-    sender = _sender(answer.user)
-    return PollAnswer(
-        sender=sender,
-        poll_id=answer.poll_id,
-        option_ids=tuple(answer.option_ids),
-        chat_id=sender.user_id,
-    )
+    return tg.render(plain(caption))
 
 
 def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
@@ -263,14 +216,14 @@ class PTBMessenger:
             return
         event: Event | None
         if update.callback_query is not None:
-            event = _press_event(update.callback_query)
+            event = tg.press_event(update.callback_query)
             if event is None:
                 await self._answer_quietly(update.callback_query.id)
                 return
         elif update.message is not None:
-            event = _message_event(update.message)
+            event = tg.message_event(update.message)
         elif update.poll_answer is not None:
-            event = _poll_answer_event(update.poll_answer)
+            event = tg.poll_answer_event(update.poll_answer)
         else:
             return
         if event is None:
@@ -322,6 +275,22 @@ class PTBMessenger:
             raise to_port_error(exc) from exc
         except TelegramError as exc:
             raise to_port_error(exc) from exc
+
+    async def send_document(
+        self, chat_id: str, path: Path, *, caption: str | None = None
+    ) -> SentRef:
+        html_caption = _document_caption(path, caption)
+        data = await asyncio.to_thread(path.read_bytes)
+        bot = self._bot_app().bot
+        with _port_errors():
+            sent = await bot.send_document(
+                chat_id=tg.chat_id_param(chat_id),
+                document=data,
+                filename=path.name,
+                caption=html_caption,
+                parse_mode=ParseMode.HTML if html_caption else None,
+            )
+        return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
 
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         bot = self._bot_app().bot
