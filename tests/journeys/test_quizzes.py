@@ -289,3 +289,19 @@ async def test_only_admins_close_a_quiz_for_several_branches(driver: Driver) -> 
         rows = (await session.scalars(select(QuizAttempt))).all()
     assert [(r.source, r.score) for r in rows] == [("offline", 85.0)]
     assert "已结束" in texts(await driver.send(ADMIN, "/quiz close Q1"))
+
+
+async def test_composer_draws_from_chosen_topics(driver: Driver) -> None:
+    await setting_up(driver)
+    shown = await driver.send(SEC, "/quiz new")
+    shown = await driver.send(SEC, "纪律专题")
+    shown = await driver.press(SEC, shown[-1], "党的基础知识题库")
+    assert "考哪些内容" in texts(shown)
+    shown = await driver.press(SEC, shown[-1], "纪律处分条例")
+    assert "✅ 纪律处分条例" in [b.label for b in shown[-1].buttons]
+    shown = await driver.press(SEC, shown[-1], "完成")
+    # The question count is limited by what the chosen topic offers, not the whole bank.
+    asked = re.search(r"1 到 (\d+)", texts(shown))
+    assert asked and 0 < int(asked.group(1)) < 84, texts(shown)
+    assert "只有" in texts(await driver.send(SEC, "84"))
+    assert "已取消" in texts(await driver.send(SEC, "/cancel"))

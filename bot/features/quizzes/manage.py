@@ -9,7 +9,7 @@ import unicodedata
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from bot import scheduler
 from bot.broadcast import create_broadcast
@@ -266,6 +266,7 @@ _NUMBER_STEPS: dict[str, tuple[str, int, int]] = {
 STEPS = (
     "title",
     "bank",
+    "tags",
     "count",
     "minutes",
     "days",
@@ -277,13 +278,24 @@ STEPS = (
 )
 
 
-async def _bank_size(ctx: Context, draft: dict[str, Any]) -> int:
-    count = await ctx.session.scalar(
-        select(func.count())
-        .select_from(Question)
-        .where(Question.bank_id == draft.get("bank"), Question.active)
+async def _bank_questions(ctx: Context, draft: dict[str, Any]) -> list[Question]:
+    rows = await ctx.session.scalars(
+        select(Question).where(Question.bank_id == draft.get("bank"), Question.active)
     )
-    return int(count or 0)
+    return list(rows)
+
+
+async def _bank_tags(ctx: Context, draft: dict[str, Any]) -> list[str]:
+    """The bank's tags, sorted: buttons name a tag by its place in this list (tags can
+    be longer than button data allows)."""
+    return sorted({tag for q in await _bank_questions(ctx, draft) for tag in q.tags})
+
+
+async def _bank_size(ctx: Context, draft: dict[str, Any]) -> int:
+    """How many questions the chosen bank and tags offer (a quiz draws any of them)."""
+    wanted = set(draft.get("tags") or [])
+    questions = await _bank_questions(ctx, draft)
+    return len([q for q in questions if not wanted or wanted & set(q.tags)])
 
 
 async def start_composer(ctx: Context) -> None:
@@ -297,7 +309,25 @@ async def start_composer(ctx: Context) -> None:
 async def _ask(ctx: Context, step: str, draft: dict[str, Any]) -> None:
     t = ctx.t
     cancel = [ctx.button(t("Cancel"), PREFIX, "cancel")]
-    if step == "bank":
+    if step == "tags":
+        chosen = set(draft.get("tags") or [])
+        tags = await _bank_tags(ctx, draft)
+        buttons = [
+            ctx.button(("✅ " if tag in chosen else "") + tag, PREFIX, "tag", i)
+            for i, tag in enumerate(tags)
+        ]
+        rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+        rows.append(
+            [
+                ctx.button(t("All questions"), PREFIX, "tag", "all"),
+                ctx.button(t("Done"), PREFIX, "tag", "done"),
+            ]
+        )
+        ctx.show(
+            t("Which topics? Tap tags to choose (none chosen: the whole bank), then Done."),
+            [*rows, cancel],
+        )
+    elif step == "bank":
         banks = await ctx.session.scalars(
             select(QuestionBank).where(QuestionBank.organisation_id == ctx.services.org.id)
         )
@@ -347,6 +377,8 @@ async def _ask(ctx: Context, step: str, draft: dict[str, Any]) -> None:
 
 async def _advance(ctx: Context, after: str, draft: dict[str, Any]) -> None:
     step = STEPS[STEPS.index(after) + 1]
+    if step == "tags" and not await _bank_tags(ctx, draft):
+        step = "count"  # nothing to choose from
     if step == "audience" and ctx.require_member().role_enum is not Role.ADMIN:
         draft["branches"] = [ctx.require_member().branch_id]
         step = "confirm"
@@ -411,6 +443,22 @@ async def pressed(ctx: Context) -> None:
             raise InvalidButton
         draft["bank"] = bank.id
         await _advance(ctx, "bank", draft)
+    elif action == "tag" and step == "tags":
+        tags = await _bank_tags(ctx, draft)
+        chosen = set(draft.get("tags") or [])
+        if arg == "done":
+            draft["tags"] = sorted(chosen)
+            await _advance(ctx, "tags", draft)
+            return
+        if arg == "all":
+            draft["tags"] = []
+            await _advance(ctx, "tags", draft)
+            return
+        if not re.fullmatch(r"[0-9]{1,4}", arg) or int(arg) >= len(tags):
+            raise InvalidButton
+        draft["tags"] = sorted(chosen ^ {tags[int(arg)]})
+        await ctx.begin_flow(FLOW, "tags", draft)
+        await _ask(ctx, "tags", draft)
     elif action == "expl" and step == "explanations" and arg in ("each", "end", "never"):
         draft["explanations"] = arg
         await _advance(ctx, "explanations", draft)
@@ -451,6 +499,7 @@ async def _confirm(ctx: Context, draft: dict[str, Any]) -> None:
     lines: list[Rich | str] = [
         bold(draft["title"]),
         t("Bank: {bank}", bank=bank.title),
+        t("Topics: {tags}", tags="、".join(draft.get("tags") or []) or t("all")),
         t("{count} questions, options shuffled", count=draft["count"]),
         t("Time limit: {minutes} minutes", minutes=minutes) if minutes else t("No time limit"),
         t(
