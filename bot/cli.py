@@ -18,11 +18,11 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
-from bot.content import ContentError, Pack, load_pack, sync_pack
+from bot.content import ContentError, ContentProblems, Pack, load_pack, sync_pack
 from bot.db import migrate
 from bot.db.engine import create_engine, create_sessionmaker
 from bot.db.models import AuditLog
-from bot.materials import MaterialError, load_materials
+from bot.materials import load_materials
 from bot.messenger import MessengerError, TransientFailure
 from bot.oaths import load_oath_pack
 from bot.quizbank import (
@@ -84,7 +84,7 @@ def _fail(prefix: str, message: str, settings: Settings | None = None, code: int
 
 def _explain(exc: BaseException, settings: Settings) -> str:
     """What went wrong at start-up, in terms of the setting to look at."""
-    if isinstance(exc, (ContentError, BankError, MaterialError)):
+    if isinstance(exc, ContentError):
         return f"{ENV_PREFIX}CONTENT_PATH: {exc}"
     if isinstance(exc, (SQLAlchemyError, ConnectionError)) or (
         isinstance(exc, OSError) and not isinstance(exc, MessengerError)
@@ -183,17 +183,13 @@ def content_check() -> None:
         banks, quizzes = load_pack_banks(settings.content_path)
         oaths = load_oath_pack(settings.content_path)
         materials = load_materials(settings.content_path)
-    except MaterialError as exc:
+    except ContentProblems as exc:
+        # Every problem on its own line: whoever keeps the pack fixes them all in one go.
         for problem in exc.problems:
             err.print(problem, markup=False, highlight=False)
-        _fail("Invalid content:", f"{len(exc.problems)} problems in the study materials")
+        _fail("Invalid content:", f"{len(exc.problems)} problems in {settings.content_path}")
     except ContentError as exc:
         _fail("Invalid content:", str(exc))
-    except BankError as exc:
-        # Every problem on its own line: a secretary fixes them all in one go.
-        for problem in exc.problems:
-            err.print(problem, markup=False, highlight=False)
-        _fail("Invalid content:", f"{len(exc.problems)} problems in the question banks")
     typer.echo(
         f"{pack.path}: {len(pack.spec.branches)} branches, organisation {pack.spec.organisation.code}, "
         f"{sum(len(b.questions) for b in banks)} questions in {len(banks)} banks, {len(quizzes)} ready-made quizzes, "

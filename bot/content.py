@@ -7,6 +7,7 @@ clean pack touches the database, inside one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,16 @@ CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 class ContentError(Exception):
     """A content file is invalid; the message names the file and the field."""
+
+
+class ContentProblems(ContentError):
+    """Several problems found at once in content files (banks, materials, oath texts):
+    ``problems`` has one line each, naming the file and the field or row, so that
+    whoever maintains the pack can fix them all in one go."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class _Strict(BaseModel):

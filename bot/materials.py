@@ -36,7 +36,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.content import PACK_FILE, ContentError, load_pack
+from bot.content import PACK_FILE, ContentError, ContentProblems, load_pack
 from bot.db.models import AuditLog, Material
 
 MATERIALS_FOLDER = "materials"
@@ -53,13 +53,8 @@ MAX_ATTACHMENT_BYTES = 50 * 1024 * 1024
 _FENCE = re.compile(r"^(?:---|\.\.\.)[ \t]*$")
 
 
-class MaterialError(Exception):
-    """One or more material files are invalid; ``problems`` has one line per problem,
-    each ``path: field: reason``."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
+class MaterialError(ContentProblems):
+    """One or more material files are invalid (``path: field: reason`` lines)."""
 
 
 @dataclass(frozen=True)

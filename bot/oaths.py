@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import scheduler
-from bot.content import CODE_PATTERN, ContentError, load_pack
+from bot.content import CODE_PATTERN, ContentError, ContentProblems, load_pack
 from bot.context import Services
 from bot.db.models import DueJob, JobStatus, OathText
 
@@ -65,13 +65,8 @@ NAMED_DAYS: dict[str, tuple[str, str]] = {
 }
 
 
-class OathContentError(ContentError):
-    """The oath files are invalid. ``problems`` holds one ``path: field: reason`` line
-    per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
+class OathContentError(ContentProblems):
+    """The oath files are invalid (``path: field: reason`` lines)."""
 
 
 @dataclass(frozen=True)

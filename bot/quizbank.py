@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.content import CODE_PATTERN
+from bot.content import CODE_PATTERN, ContentProblems
 from bot.db.models import Question, QuestionBank, QuestionKind
 
 QUIZZES_FOLDER = "quizzes"
@@ -71,13 +71,9 @@ _TAG_SEPARATORS = re.compile(r"[，,;；、\n]")
 _ANSWER_SEPARATORS = re.compile(r"[\s,;、/]+")
 
 
-class BankError(Exception):
-    """A bank or quiz file is invalid. ``problems`` holds one line per problem, each
-    naming the file and the field (YAML) or the row and column (spreadsheets)."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
+class BankError(ContentProblems):
+    """A bank or quiz file is invalid: one line per problem, naming the file and the
+    field (YAML) or the row and column (spreadsheets)."""
 
 
 @dataclass(frozen=True)
