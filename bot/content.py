@@ -7,10 +7,13 @@ clean pack touches the database, inside one transaction.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -26,6 +29,13 @@ CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 class ContentError(Exception):
     """A content file is invalid; the message names the file and the field."""
+
+
+def digest(parts: list[Any]) -> str:
+    """A stable hash of content, to tell an unchanged item from an edited one on reload
+    (questions, materials, oath texts are versioned on it)."""
+    data = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 class ContentProblems(ContentError):

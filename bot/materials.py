@@ -23,7 +23,6 @@ because receipts point at it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.content import PACK_FILE, ContentError, ContentProblems, load_pack
+from bot.content import digest as content_digest
 from bot.db.models import AuditLog, Material
 
 MATERIALS_FOLDER = "materials"
@@ -87,8 +87,7 @@ class MaterialSpec:
             self.attachment,
             self.attachment_sha256,
         ]
-        data = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(data.encode("utf-8")).hexdigest()
+        return content_digest(content)
 
 
 @dataclass(frozen=True)

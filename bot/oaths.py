@@ -18,8 +18,6 @@ The date arithmetic is pure (:func:`occurrences`, :func:`next_occurrences`,
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import scheduler
 from bot.content import CODE_PATTERN, ContentError, ContentProblems, load_pack
+from bot.content import digest as content_digest
 from bot.context import Services
 from bot.db.models import DueJob, JobStatus, OathText
 
@@ -76,8 +75,7 @@ class OathSpec:
     text: str
 
     def digest(self) -> str:
-        data = json.dumps([self.title, self.text], ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(data.encode("utf-8")).hexdigest()
+        return content_digest([self.title, self.text])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,6 @@ import codecs
 import csv
 import hashlib
 import io
-import json
 import re
 import unicodedata
 import warnings
@@ -32,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.content import CODE_PATTERN, ContentProblems
+from bot.content import digest as content_digest
 from bot.db.models import Question, QuestionBank, QuestionKind
 
 QUIZZES_FOLDER = "quizzes"
@@ -98,8 +98,7 @@ class QuestionSpec:
             self.explanation,
             list(self.tags),
         ]
-        data = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(data.encode("utf-8")).hexdigest()
+        return content_digest(content)
 
 
 @dataclass(frozen=True)

@@ -91,18 +91,18 @@ async def publish(ctx: Context, notice: Notice) -> None:
 
 
 async def schedule_reminders(ctx: Context, notice: Notice) -> None:
+    """The reminders before the start that are still ahead. Keys carry the time, so
+    after an edit moves the start (old reminders cancelled), new times get new rows."""
     for hours in ctx.services.settings.notices.reminder_hours:
         run_at = notice.starts_at - timedelta(hours=hours)
-        if run_at <= ctx.now:
-            continue
-        await scheduler.schedule(
-            ctx.session,
-            key=f"notice:{notice.id}:remind:{hours}h",
-            kind=REMIND_JOB,
-            run_at=run_at,
-            payload={"notice_id": notice.id, "hours": hours},
-            replace=True,
-        )
+        if run_at > ctx.now:
+            await scheduler.schedule(
+                ctx.session,
+                key=f"notice:{notice.id}:remind:{hours}h:{run_at.isoformat()}",
+                kind=REMIND_JOB,
+                run_at=run_at,
+                payload={"notice_id": notice.id, "hours": hours},
+            )
 
 
 async def update(ctx: Context, notice_id: int, draft: dict[str, Any]) -> None:
@@ -150,7 +150,7 @@ async def update(ctx: Context, notice_id: int, draft: dict[str, Any]) -> None:
     ctx.created_deliveries = True
     if "time" in changed:
         await scheduler.cancel(ctx.session, prefix=f"notice:{notice.id}:remind:", now=ctx.now)
-        await _reopen_reminders(ctx, notice)
+        await schedule_reminders(ctx, notice)
     if "time" in changed or "answers" in changed:
         await nudges.unplan(ctx.session, kind=NUDGE_KIND, item_id=notice.id, now=ctx.now)
         if notice.rsvp:
@@ -170,20 +170,6 @@ async def update(ctx: Context, notice_id: int, draft: dict[str, Any]) -> None:
             count=len(audience),
         )
     )
-
-
-async def _reopen_reminders(ctx: Context, notice: Notice) -> None:
-    # Cancelled reminder rows keep their keys; new times get new keys.
-    for hours in ctx.services.settings.notices.reminder_hours:
-        run_at = notice.starts_at - timedelta(hours=hours)
-        if run_at > ctx.now:
-            await scheduler.schedule(
-                ctx.session,
-                key=f"notice:{notice.id}:remind:{hours}h:{run_at.isoformat()}",
-                kind=REMIND_JOB,
-                run_at=run_at,
-                payload={"notice_id": notice.id, "hours": hours},
-            )
 
 
 async def cancel(ctx: Context, notice: Notice) -> None:
