@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -637,3 +638,104 @@ class OathRenewal(Base):
     recorded_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
     pledge: Mapped[str | None] = mapped_column(Text)
     pledge_updated_at: Mapped[datetime | None]
+
+
+# --- participation and points --------------------------------------------------------
+
+
+class ActivityKind(enum.StrEnum):
+    QUIZ = "quiz"
+    STUDY = "study"
+    OATH = "oath"
+    MEETING = "meeting"
+
+
+class ParticipationStatus(enum.StrEnum):
+    DUE = "due"  # expected and not done (yet): after ``closes_at`` it is a miss
+    DONE = "done"
+    EXCUSED = "excused"  # approved leave or exemption: out of the denominator
+    WITHDRAWN = "withdrawn"  # deactivated before taking part, or activity cancelled
+
+
+class Participation(Base):
+    """One member expected at one activity, and whether they took part.
+
+    A row is written for every member an activity reaches when it reaches them (a quiz
+    opened, a material published, an oath campaign opened, a notice sent), with the
+    branch they were in then; taking part marks it done. Stats are then one GROUP BY
+    over this table: a member who moved branch counts where they were at the time, a
+    deactivated member stops counting from then on, and a figure never depends on who
+    happens to be a member on the day it is asked for.
+    """
+
+    __tablename__ = "participation"
+    __table_args__ = (
+        UniqueConstraint("kind", "activity_id", "member_id", name="uq_participation_activity"),
+        CheckConstraint(
+            "kind IN ({})".format(", ".join(f"'{k.value}'" for k in ActivityKind)), name="kind"
+        ),
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s.value}'" for s in ParticipationStatus)),
+            name="status",
+        ),
+        # Covers the stats query (one organisation's period, grouped by branch and kind),
+        # so it reads the index alone and never the table.
+        Index(
+            "ix_participation_org_at",
+            "organisation_id",
+            "activity_at",
+            "branch_id",
+            "kind",
+            "status",
+            "passed",
+            "excellent",
+            "score",
+        ),
+        Index("ix_participation_member_at", "member_id", "activity_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    activity_id: Mapped[int]
+    # Denormalised so a member's record and the export need no join per activity kind.
+    title: Mapped[str] = mapped_column(String(200))
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"))
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"))
+    # When the activity happened (quiz opened, material published, meeting started):
+    # the period a row belongs to.
+    activity_at: Mapped[datetime]
+    # After this a row still ``due`` is a miss; open activities have it in the future.
+    closes_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default=ParticipationStatus.DUE.value)
+    done_at: Mapped[datetime | None]
+    score: Mapped[float | None]
+    passed: Mapped[bool | None]
+    excellent: Mapped[bool | None]
+
+
+class PointsAward(Base):
+    """One award in the points ledger, naming the rule and the activity it was for.
+
+    Awards are written once and never recomputed: a rule changed later changes future
+    awards only, so last year's ranking stays what it was and can always be explained.
+    """
+
+    __tablename__ = "points_ledger"
+    __table_args__ = (
+        UniqueConstraint(
+            "member_id", "rule", "source_kind", "source_id", name="uq_points_ledger_award"
+        ),
+        Index("ix_points_ledger_org_at", "organisation_id", "awarded_at", "branch_id"),
+        Index("ix_points_ledger_member_at", "member_id", "awarded_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("member.id"))
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"))
+    rule: Mapped[str] = mapped_column(String(64))
+    points: Mapped[int]
+    source_kind: Mapped[str] = mapped_column(String(16))
+    source_id: Mapped[int]
+    awarded_at: Mapped[datetime]

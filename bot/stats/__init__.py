@@ -1,0 +1,1 @@
+"""Participation figures for reviews and the annual assessment: tables, charts, exports."""
