@@ -26,6 +26,7 @@ from bot.features import (
     profile,
     quizzes,
     roster,
+    stats,
     study,
 )
 from bot.i18n import LANGUAGES, translator
@@ -58,6 +59,7 @@ def build_router() -> Router:
         oath.router,
         nudges.router,
         deliveries.router,
+        stats.router,
     ):
         root.include(feature)
     return root
@@ -120,6 +122,7 @@ class App:
             invite_link=self.messenger.invite_link,
             clock=self.clock,
             quiz_definitions={spec.code: spec for spec in quiz_specs},
+            points=pack.spec.points.resolved(),
         )
         # Stay a little under the platform's limits: its counting window and ours never
         # line up exactly, and a 429 costs far more than the few percent kept back.

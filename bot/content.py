@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import AuditLog, Branch, Organisation
+from bot.participation import DEFAULT_RULES, PointsRules
 
 PACK_FILE = "pack.yaml"
 CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
@@ -74,10 +75,33 @@ class BranchSpec(_Strict):
     name_en: str | None = Field(default=None, max_length=200)
 
 
+class PointsSpec(_Strict):
+    """Points per rule (see ``bot.participation``); a rule left out keeps its default."""
+
+    rules: dict[str, int] = Field(default_factory=dict)
+    # A ranking (/rank) is shown only when the organisation asks for it.
+    ranking: bool = False
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: dict[str, int]) -> dict[str, int]:
+        for rule, points in value.items():
+            if rule not in DEFAULT_RULES:
+                known = ", ".join(sorted(DEFAULT_RULES))
+                raise ValueError(f"unknown points rule {rule!r} (known: {known})")
+            if not 0 <= points <= 100:
+                raise ValueError(f"points for {rule!r} must be between 0 and 100")
+        return value
+
+    def resolved(self) -> PointsRules:
+        return PointsRules({**DEFAULT_RULES, **self.rules}, self.ranking)
+
+
 class PackSpec(_Strict):
     organisation: OrganisationSpec
     branches: list[BranchSpec] = Field(min_length=1)
     admin_branch: str | None = None
+    points: PointsSpec = PointsSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> PackSpec:

@@ -29,6 +29,7 @@ from bot.messenger import (
     Sender,
     SentRef,
 )
+from bot.participation import PointsRules
 from bot.text import Rich, as_rich, to_data
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class Services:
     wake_sender: Any = None  # Callable[[], None] | None
     # Ready-made quizzes from the content pack, by code (bot.quizbank.QuizSpec).
     quiz_definitions: dict[str, Any] = field(default_factory=dict)
+    # The content pack's points rules and whether rankings are shown.
+    points: PointsRules = field(default_factory=PointsRules)
 
     def is_configured_admin(self, sender: Sender) -> bool:
         return f"{sender.platform}:{sender.user_id}" in self.settings.admins

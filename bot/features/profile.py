@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from bot.context import Context, InvalidButton
 from bot.features.directory import branch_label, role_label
 from bot.features.join import not_registered
 from bot.i18n import LANGUAGES, N_, translator
 from bot.routing import Router
+from bot.stats import figures
+from bot.stats.labels import kind_label
+from bot.stats.period import year
 
 router = Router("profile")
 
@@ -28,20 +33,49 @@ async def help_(ctx: Context) -> None:
     ctx.reply("\n".join(lines))
 
 
-@router.command("me", readonly=True, summary=N_("Your name, branch, role and joining date"))
+# /me lists at most this many open items; the rest are counted.
+OPEN_ITEMS_SHOWN = 5
+
+
+@router.command(
+    "me",
+    readonly=True,
+    summary=N_("Your details, your points this year and what is still open for you"),
+)
 async def me(ctx: Context) -> None:
     member, t = ctx.require_member(), ctx.t
-    ctx.reply(
-        "\n".join(
-            [
-                t("Name: {name}", name=member.name),
-                t("Branch: {branch}", branch=branch_label(member.branch, t)),
-                t("Role: {role}", role=role_label(member.role, t)),
-                t("Joined: {date}", date=t.date(member.joined_at)),
-                t("Member number: #{id}", id=member.id),
-            ]
-        )
-    )
+    zone = ZoneInfo(ctx.services.org.timezone)
+    this_year = year(ctx.now.astimezone(zone).year, zone)
+    summary = await figures.member_summary(ctx.session, member.id, this_year, ctx.now)
+    lines = [
+        t("Name: {name}", name=member.name),
+        t("Branch: {branch}", branch=branch_label(member.branch, t)),
+        t("Role: {role}", role=role_label(member.role, t)),
+        t("Joined: {date}", date=t.date(member.joined_at)),
+        t("Member number: #{id}", id=member.id),
+        "",
+        t("This year: {points} points", points=summary.points),
+    ]
+    for kind in ("study", "quiz", "oath", "meeting"):
+        if summary.expected.get(kind):
+            lines.append(
+                t(
+                    "{kind}: {done} of {expected} done",
+                    kind=kind_label(t, kind),
+                    done=summary.done.get(kind, 0),
+                    expected=summary.expected[kind],
+                )
+            )
+    if summary.open_items:
+        lines.append(t("Still open for you:"))
+        for kind, title, closes_at in summary.open_items[:OPEN_ITEMS_SHOWN]:
+            until = t(" (until {when})", when=t.moment(closes_at)) if closes_at else ""
+            lines.append(f"• {kind_label(t, kind)} · {title}{until}")
+        if len(summary.open_items) > OPEN_ITEMS_SHOWN:
+            lines.append(t("… and {n} more.", n=len(summary.open_items) - OPEN_ITEMS_SHOWN))
+    else:
+        lines.append(t("Nothing is open for you right now."))
+    ctx.reply("\n".join(lines))
 
 
 @router.command(

@@ -10,6 +10,7 @@ import re
 
 from sqlalchemy import func, select
 
+from bot import participation
 from bot.context import Context, InvalidButton
 from bot.db.models import Branch, Member, Organisation, Role
 from bot.features.directory import (
@@ -302,6 +303,7 @@ async def deactivate(ctx: Context) -> None:
         ctx.reply(t("{name} is the last admin; make someone else admin first.", name=target.name))
         return
     target.active = False
+    await participation.member_left(ctx.session, target.id, ctx.now)
     await ctx.audit("member.deactivate", f"#{target.id} {target.name}")
     ctx.reply(t("{name} is deactivated. Their records are kept.", name=target.name))
     await ctx.refresh_menu(target)

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import markdown, scheduler
+from bot import markdown, participation, scheduler
 from bot.broadcast import create_broadcast
 from bot.context import (
     Context,
@@ -333,7 +333,9 @@ async def done_pressed(ctx: Context) -> None:
             )
         )
         return
-    if not await record_receipt(ctx.session, material, member, ctx.now, method="chat"):
+    if not await record_receipt(
+        ctx.session, ctx.services.points, material, member, ctx.now, method="chat"
+    ):
         raise InvalidButton  # a concurrent double tap recorded it first
     ctx.toast = t("Recorded. Thank you!")
     line = t("Thank you! Your study of {title} is recorded.", title=material.title)
@@ -344,6 +346,7 @@ async def done_pressed(ctx: Context) -> None:
 
 async def record_receipt(
     session: AsyncSession,
+    rules: participation.PointsRules,
     material: Material,
     member: Member,
     now: datetime,
@@ -367,6 +370,18 @@ async def record_receipt(
             await session.flush()
     except IntegrityError:
         return False
+    activity = participation.Activity.of_material(material, now, None)
+    await participation.took_part(session, activity, member.id, now)
+    await participation.award(
+        session,
+        organisation_id=material.organisation_id,
+        member_id=member.id,
+        rule=participation.MATERIAL_STUDIED,
+        # A material's own points, where its author set them, else the pack's rule.
+        points=material.points or rules.of(participation.MATERIAL_STUDIED),
+        source=activity,
+        at=now,
+    )
     return True
 
 
@@ -433,6 +448,9 @@ async def publish(
     )
     if isinstance(work, Context):
         work.created_deliveries = True
+    await participation.expect(
+        session, participation.Activity.of_material(material, now, due), member_ids
+    )
     if due is not None:
         await nudges.plan(
             session, services, kind=NUDGE_KIND, item_id=publication.id, deadline=due, now=now
@@ -766,7 +784,13 @@ async def studied_command(ctx: Context) -> None:
         if material.key in await studied(ctx.session, member.id):
             already.append(member)
         elif await record_receipt(
-            ctx.session, material, member, ctx.now, method="offline", recorded_by=me.id
+            ctx.session,
+            ctx.services.points,
+            material,
+            member,
+            ctx.now,
+            method="offline",
+            recorded_by=me.id,
         ):
             recorded.append(member)
         else:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot import participation
 from bot.context import Context, InvalidButton
 from bot.db.models import JoinFailure, Member, MemberIdentity, Notice, Role, Rsvp
 from bot.features.directory import resolve_member
@@ -67,6 +68,34 @@ def _closed(ctx: Context, notice: Notice) -> bool:
     return False
 
 
+async def _excused(ctx: Context, notice: Notice, member_id: int, excused: bool) -> None:
+    activity = participation.Activity.of_notice(notice)
+    if activity is not None:
+        await participation.excuse(ctx.session, activity, member_id, excused)
+
+
+async def _attended(ctx: Context, notice: Notice, member_id: int, present: bool) -> None:
+    """Attendance on the participation record, and its points; a check-in removed by the
+    secretary (recorded by mistake) takes both back."""
+    activity = participation.Activity.of_notice(notice)
+    if activity is None:
+        return
+    if not present:
+        await participation.not_done(ctx.session, activity, member_id)
+        await participation.revoke(ctx.session, member_id, participation.MEETING_ATTENDED, activity)
+        return
+    await participation.took_part(ctx.session, activity, member_id, ctx.now)
+    await participation.award(
+        ctx.session,
+        organisation_id=notice.organisation_id,
+        member_id=member_id,
+        rule=participation.MEETING_ATTENDED,
+        points=ctx.services.points.of(participation.MEETING_ATTENDED),
+        source=activity,
+        at=ctx.now,
+    )
+
+
 @router.button(RSVP_PREFIX)
 async def answer_pressed(ctx: Context) -> None:
     if len(ctx.parts) != 2 or ctx.parts[1] not in ("a", "l"):
@@ -77,6 +106,8 @@ async def answer_pressed(ctx: Context) -> None:
     member, t = ctx.require_member(), ctx.t
     if ctx.parts[1] == "a":
         row = await _rsvp(ctx, notice, member)
+        if row.leave_status == "approved":
+            await _excused(ctx, notice, member.id, False)
         row.answer, row.answered_at = "attend", ctx.now
         row.reason = row.leave_status = None
         row.decided_by = row.decided_at = None
@@ -212,6 +243,8 @@ async def leave_decided(ctx: Context) -> None:
     if decided.rowcount != 1:  # type: ignore[attr-defined]
         ctx.reply(t("This leave request was already decided."))
         return
+    if approved:
+        await _excused(ctx, notice, requester.id, True)
     await ctx.audit(
         "leave.approve" if approved else "leave.refuse", f"{requester.name} {common.ref(notice)}"
     )
@@ -340,6 +373,7 @@ async def check_in_with_code(ctx: Context, code: str) -> bool:
         "code",
         member.id,
     )
+    await _attended(ctx, notice, member.id, True)
     ctx.reply(t("Checked in to {title}. Thank you!", title=notice.title))
     return True
 
@@ -431,6 +465,7 @@ async def _mark(ctx: Context, present_: bool) -> None:
         row.checked_in_at = ctx.now if present_ else None
         row.checkin_method = ("secretary" if has_phone else "offline") if present_ else None
         row.checked_in_by = me.id if present_ else None
+        await _attended(ctx, notice, target.id, present_)
         await ctx.audit(
             "attendance.present" if present_ else "attendance.absent",
             f"{target.name} {common.ref(notice)}",

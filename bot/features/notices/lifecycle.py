@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot import scheduler
+from bot import participation, scheduler
 from bot.broadcast import create_broadcast, withdraw
 from bot.context import Context, JobContext, RenderContext, WorkContext
 from bot.db.models import Broadcast, Member, Notice
@@ -52,6 +52,9 @@ async def _branch_members(ctx: Context, notice: Notice) -> list[int]:
 async def publish(ctx: Context, notice: Notice) -> None:
     me = ctx.require_member()
     member_ids = await _branch_members(ctx, notice)
+    activity = participation.Activity.of_notice(notice)
+    if activity is not None:
+        await participation.expect(ctx.session, activity, member_ids)
     await create_broadcast(
         ctx.session,
         ctx.services,
@@ -135,6 +138,9 @@ async def update(ctx: Context, notice_id: int, draft: dict[str, Any]) -> None:
         bool(draft.get("rsvp", True)),
         ctx.now,
     )
+    activity = participation.Activity.of_notice(notice)
+    if activity is not None:
+        await participation.rescheduled(ctx.session, activity)
     audience = await common.audience(ctx.session, notice)
     await create_broadcast(
         ctx.session,
@@ -174,6 +180,9 @@ async def update(ctx: Context, notice_id: int, draft: dict[str, Any]) -> None:
 
 async def cancel(ctx: Context, notice: Notice) -> None:
     notice.status, notice.updated_at = "cancelled", ctx.now
+    activity = participation.Activity.of_notice(notice)
+    if activity is not None:
+        await participation.cancelled(ctx.session, activity)
     await scheduler.cancel(ctx.session, prefix=f"notice:{notice.id}:", now=ctx.now)
     await nudges.unplan(ctx.session, kind=NUDGE_KIND, item_id=notice.id, now=ctx.now)
     reminders = await ctx.session.scalars(

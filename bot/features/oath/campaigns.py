@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import scheduler
+from bot import participation, scheduler
 from bot.broadcast import create_broadcast
 from bot.context import JobContext, RenderContext, Services, WorkContext
 from bot.db.models import Branch, Member, OathCampaign, OathText
@@ -109,6 +109,7 @@ async def open_campaign(
         created_by=created_by,
         payload={**extra, **(payload or {})},
     )
+    await participation.expect(session, participation.Activity.of_campaign(campaign), member_ids)
     await scheduler.schedule(
         session,
         key=close_job_key(campaign.id),
@@ -167,6 +168,7 @@ async def plan_reminders(
 
 async def close(work: WorkContext, campaign: OathCampaign) -> None:
     campaign.status, campaign.closed_at = "closed", work.now
+    await participation.rescheduled(work.session, participation.Activity.of_campaign(campaign))
     await nudges.unplan(work.session, kind=common.NUDGE_KIND, item_id=campaign.id, now=work.now)
     await scheduler.cancel(work.session, keys=[close_job_key(campaign.id)], now=work.now)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import participation
 from bot.context import Context, Services
 from bot.db.models import Member, OathCampaign, OathRenewal, OathText, Role
 from bot.i18n import Translator
@@ -107,6 +108,23 @@ async def renewal_of(session: AsyncSession, campaign_id: int, member_id: int) ->
         select(OathRenewal).where(
             OathRenewal.campaign_id == campaign_id, OathRenewal.member_id == member_id
         )
+    )
+
+
+async def credit(
+    session: AsyncSession, services: Services, campaign: OathCampaign, member_id: int, now: datetime
+) -> None:
+    """The renewal on the participation record and in the points ledger."""
+    activity = participation.Activity.of_campaign(campaign)
+    await participation.took_part(session, activity, member_id, now)
+    await participation.award(
+        session,
+        organisation_id=campaign.organisation_id,
+        member_id=member_id,
+        rule=participation.OATH_RENEWED,
+        points=services.points.of(participation.OATH_RENEWED),
+        source=activity,
+        at=now,
     )
 
 

@@ -307,6 +307,7 @@ async def renewed_command(ctx: Context) -> None:
                     )
                 )
                 await ctx.session.flush()
+                await common.credit(ctx.session, ctx.services, campaign, target.id, ctx.now)
         except IntegrityError:
             existing = await common.renewal_of(ctx.session, campaign.id, target.id)
     if existing is not None:

@@ -70,6 +70,7 @@ async def retake(ctx: Context, campaign: OathCampaign) -> None:
                     )
                 )
                 await ctx.session.flush()
+                await common.credit(ctx.session, ctx.services, campaign, me.id, ctx.now)
         except IntegrityError:
             existing = await common.renewal_of(ctx.session, campaign.id, me.id)
     if existing is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot import scheduler
+from bot import participation, scheduler
 from bot.broadcast import create_broadcast
 from bot.context import Context, InvalidButton, JobContext, RenderContext, WorkContext
 from bot.db.models import (
@@ -226,6 +226,7 @@ async def publish(ctx: Context, draft: dict[str, Any], audience: list[Branch]) -
         },
     )
     ctx.created_deliveries = True
+    await participation.expect(ctx.session, participation.Activity.of_quiz(quiz), member_ids)
     await scheduler.schedule(
         ctx.session,
         key=f"quiz:{quiz.id}:close",
@@ -546,6 +547,7 @@ async def close_command(ctx: Context) -> None:
 async def close(work: WorkContext, quiz: Quiz) -> None:
     """Close the quiz and score every attempt still in progress as it stands."""
     quiz.status, quiz.closed_at = "closed", work.now
+    await participation.rescheduled(work.session, participation.Activity.of_quiz(quiz))
     await nudges.unplan(work.session, kind=NUDGE_KIND, item_id=quiz.id, now=work.now)
     await scheduler.cancel(work.session, keys=[f"quiz:{quiz.id}:close"], now=work.now)
     running = await work.session.scalars(

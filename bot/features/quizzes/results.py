@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import case, func, select
 
+from bot import participation
 from bot.context import Context
 from bot.db.models import (
     Branch,
@@ -29,6 +30,7 @@ from bot.routing import Router
 from bot.text import Rich, bold, join
 
 from . import common
+from .credit import credit
 from .manage import missing_members
 
 router = Router("quiz-results")
@@ -186,20 +188,9 @@ async def _item_analysis(ctx: Context, quiz: Quiz, scope: int | None) -> list[Ri
     return lines
 
 
-@router.command(
-    "missing",
-    role=Role.SECRETARY,
-    summary=N_("Who has not taken a quiz yet"),
-    usage=N_("/missing Q3"),
-    readonly=True,
-)
-async def missing(ctx: Context) -> None:
-    if not ctx.arg_text:
-        ctx.reply(ctx.t("Usage: /missing Q3"))
-        return
-    quiz = await common.load(ctx, ctx.arg_text)
-    if quiz is None:
-        return
+async def quiz_missing(ctx: Context, quiz: Quiz) -> None:
+    """``/missing Q3`` (the command lives with the other stats): who has not taken the
+    quiz yet, by branch; excused members and members who left are not missing."""
     t, me = ctx.t, ctx.require_member()
     people = await missing_members(ctx, quiz)
     if me.role_enum is not Role.ADMIN:
@@ -284,6 +275,7 @@ async def offline(ctx: Context) -> None:
                 recorded_by=me.id,
             )
         )
+    await credit(ctx.session, ctx.services, quiz, target.id, ctx.now)
     await ctx.audit("quiz.offline", f"{target.name} {common.ref(quiz)}", score=score)
     ctx.reply(
         t(
@@ -328,6 +320,9 @@ async def excuse(ctx: Context) -> None:
         )
     else:
         row.reason, row.decided_by, row.decided_at = reason, me.id, ctx.now
+    await participation.excuse(
+        ctx.session, participation.Activity.of_quiz(quiz), target.id, excused=True
+    )
     await ctx.audit("quiz.excuse", f"{target.name} {common.ref(quiz)}", reason=reason)
     ctx.reply(
         t(

@@ -26,6 +26,7 @@ from bot.routing import Router
 from bot.text import Rich, bold, join, units
 
 from . import common
+from .credit import credit
 
 router = Router("quiz-take")
 START, ANSWER, TOGGLE, SUBMIT = "qstart", "qa", "qt", "qs"
@@ -432,6 +433,7 @@ async def finish(work: WorkContext, quiz: Quiz, attempt: QuizAttempt, status: st
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     await scheduler.cancel(work.session, keys=[f"quiz:attempt:{attempt.id}:expire"], now=work.now)
+    await credit(work.session, work.services, quiz, attempt.member_id, work.now)
     return True
 
 

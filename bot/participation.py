@@ -1,0 +1,311 @@
+"""Who an activity was for, who took part, and the points they earned.
+
+Features call this module at the moments that matter — an activity reaches its audience,
+a member takes part, leave is approved, a notice is cancelled, a member leaves — in the
+same transaction as their own writes, so a figure can never disagree with the record it
+counts. Stats then read ``participation`` and ``points_ledger`` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import (
+    ActivityKind,
+    Material,
+    Member,
+    Notice,
+    NoticeKind,
+    OathCampaign,
+    Participation,
+    ParticipationStatus,
+    PointsAward,
+    Quiz,
+)
+
+DUE, DONE = ParticipationStatus.DUE.value, ParticipationStatus.DONE.value
+EXCUSED, WITHDRAWN = ParticipationStatus.EXCUSED.value, ParticipationStatus.WITHDRAWN.value
+
+# Points rules, named in the ledger. The content pack sets their values.
+MATERIAL_STUDIED = "material_studied"
+QUIZ_TAKEN = "quiz_taken"
+QUIZ_EXCELLENT = "quiz_excellent"
+OATH_RENEWED = "oath_renewed"
+MEETING_ATTENDED = "meeting_attended"
+DEFAULT_RULES: Mapping[str, int] = {
+    MATERIAL_STUDIED: 1,
+    QUIZ_TAKEN: 2,
+    QUIZ_EXCELLENT: 3,
+    OATH_RENEWED: 2,
+    MEETING_ATTENDED: 2,
+}
+# Attendance is measured at these notices; "other" notices are announcements.
+ATTENDED_KINDS = frozenset(k.value for k in NoticeKind) - {NoticeKind.OTHER.value}
+
+
+@dataclass(frozen=True)
+class PointsRules:
+    points: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    # Whether members may see a ranking (/rank). Off unless the organisation wants it.
+    ranking: bool = False
+
+    def of(self, rule: str) -> int:
+        return self.points.get(rule, 0)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What a participation row needs to know about the activity it belongs to."""
+
+    kind: ActivityKind
+    id: int
+    organisation_id: int
+    title: str
+    at: datetime
+    closes_at: datetime | None
+
+    @classmethod
+    def of_quiz(cls, quiz: Quiz) -> Activity:
+        return cls(
+            ActivityKind.QUIZ,
+            quiz.id,
+            quiz.organisation_id,
+            quiz.title,
+            quiz.opens_at,
+            min(quiz.closes_at, quiz.closed_at or quiz.closes_at),
+        )
+
+    @classmethod
+    def of_material(
+        cls, material: Material, published_at: datetime, due_at: datetime | None
+    ) -> Activity:
+        return cls(
+            ActivityKind.STUDY,
+            material.id,
+            material.organisation_id,
+            material.title,
+            published_at,
+            due_at,
+        )
+
+    @classmethod
+    def of_campaign(cls, campaign: OathCampaign) -> Activity:
+        return cls(
+            ActivityKind.OATH,
+            campaign.id,
+            campaign.organisation_id,
+            campaign.title,
+            campaign.opens_at,
+            min(campaign.closes_at, campaign.closed_at or campaign.closes_at),
+        )
+
+    @classmethod
+    def of_notice(cls, notice: Notice) -> Activity | None:
+        """None for notices whose attendance is not counted (announcements)."""
+        if notice.kind not in ATTENDED_KINDS:
+            return None
+        return cls(
+            ActivityKind.MEETING,
+            notice.id,
+            notice.organisation_id,
+            notice.title,
+            notice.starts_at,
+            notice.starts_at,
+        )
+
+
+def _insert(session: AsyncSession) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _key(activity: Activity) -> Any:
+    return and_(Participation.kind == activity.kind.value, Participation.activity_id == activity.id)
+
+
+async def expect(session: AsyncSession, activity: Activity, member_ids: Iterable[int]) -> None:
+    """The activity reached these members: each is expected, in the branch they are in now.
+
+    Members already expected keep their row (a notice re-sent, a material published to
+    one more branch), so this can be called again safely.
+    """
+    ids = sorted(set(member_ids))
+    if not ids:
+        return
+    for start in range(0, len(ids), 5000):  # stay under SQLite's bound-parameter limit
+        chosen = (
+            select(
+                literal(activity.organisation_id),
+                literal(activity.kind.value),
+                literal(activity.id),
+                literal(activity.title[:200]),
+                Member.id,
+                Member.branch_id,
+                literal(activity.at, Participation.activity_at.type),
+                literal(activity.closes_at, Participation.closes_at.type),
+                literal(DUE),
+            )
+            .where(Member.id.in_(ids[start : start + 5000]))
+            .where(Member.active)
+        )
+        statement = (
+            _insert(session)(Participation)
+            .from_select(
+                [
+                    "organisation_id",
+                    "kind",
+                    "activity_id",
+                    "title",
+                    "member_id",
+                    "branch_id",
+                    "activity_at",
+                    "closes_at",
+                    "status",
+                ],
+                chosen,
+            )
+            .on_conflict_do_nothing()
+        )
+        await session.execute(statement)
+
+
+async def took_part(
+    session: AsyncSession,
+    activity: Activity,
+    member_id: int,
+    at: datetime,
+    *,
+    score: float | None = None,
+    passed: bool | None = None,
+    excellent: bool | None = None,
+) -> None:
+    """Mark the member's row done (creating it if the activity never reached them, e.g.
+    a member who joined the branch later, or a paper record). Repeating it keeps the
+    first completion time and takes the newest score — callers pass the best one."""
+    branch = select(Member.branch_id).where(Member.id == member_id).scalar_subquery()
+    insert = _insert(session)
+    statement = insert(Participation).values(
+        organisation_id=activity.organisation_id,
+        kind=activity.kind.value,
+        activity_id=activity.id,
+        title=activity.title[:200],
+        member_id=member_id,
+        branch_id=branch,
+        activity_at=activity.at,
+        closes_at=activity.closes_at,
+        status=DONE,
+        done_at=at,
+        score=score,
+        passed=passed,
+        excellent=excellent,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["kind", "activity_id", "member_id"],
+        set_={
+            "status": DONE,
+            "done_at": func.coalesce(Participation.done_at, statement.excluded.done_at),
+            "score": statement.excluded.score,
+            "passed": statement.excluded.passed,
+            "excellent": statement.excluded.excellent,
+        },
+    )
+    await session.execute(statement)
+
+
+async def not_done(session: AsyncSession, activity: Activity, member_id: int) -> None:
+    """Undo a completion that was recorded by mistake (a check-in removed)."""
+    await session.execute(
+        update(Participation)
+        .where(_key(activity), Participation.member_id == member_id, Participation.status == DONE)
+        .values(status=DUE, done_at=None, score=None, passed=None, excellent=None)
+    )
+
+
+async def excuse(session: AsyncSession, activity: Activity, member_id: int, excused: bool) -> None:
+    """Approved leave takes the member out of the activity's denominator; leave withdrawn
+    or refused puts them back. A member who took part anyway stays done."""
+    old, new = (DUE, EXCUSED) if excused else (EXCUSED, DUE)
+    await session.execute(
+        update(Participation)
+        .where(_key(activity), Participation.member_id == member_id, Participation.status == old)
+        .values(status=new)
+    )
+
+
+async def cancelled(session: AsyncSession, activity: Activity) -> None:
+    """An activity called off counts for nobody."""
+    await session.execute(
+        update(Participation).where(_key(activity)).values(status=WITHDRAWN, done_at=None)
+    )
+
+
+async def rescheduled(session: AsyncSession, activity: Activity) -> None:
+    """A changed title or time moves the activity's rows with it."""
+    await session.execute(
+        update(Participation)
+        .where(_key(activity))
+        .values(title=activity.title[:200], activity_at=activity.at, closes_at=activity.closes_at)
+    )
+
+
+async def member_left(session: AsyncSession, member_id: int, now: datetime) -> None:
+    """A deactivated member stops counting for everything still open; what they did or
+    missed before stays on the record."""
+    await session.execute(
+        update(Participation)
+        .where(
+            Participation.member_id == member_id,
+            Participation.status == DUE,
+            or_(Participation.closes_at.is_(None), Participation.closes_at > now),
+        )
+        .values(status=WITHDRAWN)
+    )
+
+
+async def revoke(session: AsyncSession, member_id: int, rule: str, source: Activity) -> None:
+    """Take back an award made in error (a check-in the secretary removed)."""
+    await session.execute(
+        delete(PointsAward).where(
+            PointsAward.member_id == member_id,
+            PointsAward.rule == rule,
+            PointsAward.source_kind == source.kind.value,
+            PointsAward.source_id == source.id,
+        )
+    )
+
+
+async def award(
+    session: AsyncSession,
+    *,
+    organisation_id: int,
+    member_id: int,
+    rule: str,
+    points: int,
+    source: Activity,
+    at: datetime,
+) -> None:
+    """One ledger row per member, rule and activity: awarding twice changes nothing, and
+    the points are the rule's value today, kept for good."""
+    if points <= 0:
+        return
+    branch = select(Member.branch_id).where(Member.id == member_id).scalar_subquery()
+    await session.execute(
+        _insert(session)(PointsAward)
+        .values(
+            organisation_id=organisation_id,
+            member_id=member_id,
+            branch_id=branch,
+            rule=rule,
+            points=points,
+            source_kind=source.kind.value,
+            source_id=source.id,
+            awarded_at=at,
+        )
+        .on_conflict_do_nothing()
+    )
