@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import broadcast, me_roundtrip, quiz_answers
+from . import broadcast, me_roundtrip, quiz_answers, stats
 from .harness import BenchError, Report, quiet_logging, write_json
 
 Progress = Callable[[str], None] | None
@@ -52,10 +52,20 @@ async def _quiz(args: argparse.Namespace, progress: Progress) -> Report:
     )
 
 
+async def _stats(args: argparse.Namespace, progress: Progress) -> Report:
+    return await stats.run(
+        members=args.members,
+        repeats=args.repeats,
+        database_url=args.database_url,
+        progress=progress,
+    )
+
+
 BENCHMARKS: dict[str, Suite] = {
     me_roundtrip.NAME: _me_roundtrip,
     broadcast.NAME: _broadcast,
     quiz_answers.NAME: _quiz,
+    stats.NAME: _stats,
 }
 
 
@@ -115,6 +125,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="URL",
         help="quiz: also run on this PostgreSQL server (postgresql+asyncpg://...), in a "
         f"scratch database {quiz_answers.SCRATCH_DATABASE} created and dropped there",
+    )
+    parser.add_argument(
+        "--members",
+        type=_positive,
+        default=10_000,
+        help="stats: members in the generated organisation (10000, ~1.5 million rows)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")

@@ -189,7 +189,11 @@ async def test_figures_match_hand_computed_values(session: AsyncSession) -> None
     # October holds Q2 only: 7 expected (d left after it closed), a1 took it.
     months = months_back(12, date(2026, 11, 26), SHANGHAI)
     trend = await figures.trend(
-        session, organisation_id=ids["org"], scope="测试党委", months=months, branch_ids=None
+        session,
+        organisation_id=ids["org"],
+        scope="测试党委",
+        months=months,
+        branch_ids=[ids["A"], ids["B"]],
     )
     october, november = trend.months[-2:]
     assert (october.month, october.quiz_taken) == (date(2026, 10, 1), Ratio(1, 7))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import (
@@ -25,10 +25,11 @@ from bot.db.models import (
     ParticipationStatus,
     PointsAward,
 )
-from bot.stats.model import NO_RATIO, BranchStats, Period, Ratio, StatsTable, Trend, TrendMonth
+from bot.stats.model import BranchStats, Period, Ratio, StatsTable, Trend, TrendMonth
 
 DUE, DONE = ParticipationStatus.DUE.value, ParticipationStatus.DONE.value
 COUNTED = (DUE, DONE)  # excused and withdrawn rows are out of every denominator
+KINDS = sorted(k.value for k in ActivityKind)
 
 
 @dataclass
@@ -59,38 +60,41 @@ class _Tally:
 
 
 def participation_query(
-    organisation_id: int, starts_at: datetime, ends_at: datetime, branch_ids: Sequence[int] | None
+    organisation_id: int, starts_at: datetime, ends_at: datetime, branch_ids: Sequence[int]
 ) -> Select[*tuple[Any, ...]]:
     """Counts per branch and kind for one period (kept public for the benchmark, which
     times exactly this statement against a hand-written one)."""
     done = Participation.status == DONE
-    statement: Select[*tuple[Any, ...]] = (
+    # FILTER rather than SUM(CASE ...): the same on both databases, and measurably
+    # cheaper per row on SQLite.
+    return (
         select(
             Participation.branch_id,
             Participation.kind,
-            func.sum(case((Participation.status.in_(COUNTED), 1), else_=0)),
-            func.sum(case((done, 1), else_=0)),
-            func.sum(case((and_(done, Participation.passed.is_(True)), 1), else_=0)),
-            func.sum(case((and_(done, Participation.excellent.is_(True)), 1), else_=0)),
-            func.sum(case((done, Participation.score), else_=None)),
+            func.count().filter(Participation.status.in_(COUNTED)),
+            func.count().filter(done),
+            func.count().filter(and_(done, Participation.passed.is_(True))),
+            func.count().filter(and_(done, Participation.excellent.is_(True))),
+            func.sum(Participation.score).filter(done),
         )
         .where(
             Participation.organisation_id == organisation_id,
+            # Both as IN lists, so the index is sought per (branch, kind): see
+            # ix_participation_stats.
+            Participation.branch_id.in_(branch_ids),
+            Participation.kind.in_(KINDS),
             Participation.activity_at >= starts_at,
             Participation.activity_at < ends_at,
         )
         .group_by(Participation.branch_id, Participation.kind)
     )
-    if branch_ids is not None:
-        statement = statement.where(Participation.branch_id.in_(branch_ids))
-    return statement
 
 
 async def _tallies(
     session: AsyncSession,
     organisation_id: int,
     period: Period,
-    branch_ids: Sequence[int] | None,
+    branch_ids: Sequence[int],
 ) -> dict[int, _Tally]:
     rows = await session.execute(
         participation_query(organisation_id, period.starts_at, period.ends_at, branch_ids)
@@ -108,19 +112,18 @@ async def _tallies(
 
 
 async def _points(
-    session: AsyncSession, organisation_id: int, period: Period, branch_ids: Sequence[int] | None
+    session: AsyncSession, organisation_id: int, period: Period, branch_ids: Sequence[int]
 ) -> dict[int, int]:
     statement = (
         select(PointsAward.branch_id, func.sum(PointsAward.points))
         .where(
             PointsAward.organisation_id == organisation_id,
+            PointsAward.branch_id.in_(branch_ids),  # see ix_points_ledger_stats
             PointsAward.awarded_at >= period.starts_at,
             PointsAward.awarded_at < period.ends_at,
         )
         .group_by(PointsAward.branch_id)
     )
-    if branch_ids is not None:
-        statement = statement.where(PointsAward.branch_id.in_(branch_ids))
     return {b: int(p or 0) for b, p in await session.execute(statement)}
 
 
@@ -184,8 +187,9 @@ async def stats_table(
 ) -> StatsTable:
     """One row per branch in scope (all active branches when ``branch_ids`` is None,
     with an organisation total), plus any inactive branch that has figures."""
-    tallies = await _tallies(session, organisation_id, period, branch_ids)
-    points = await _points(session, organisation_id, period, branch_ids)
+    in_scope = list(branch_ids) if branch_ids is not None else list(names)
+    tallies = await _tallies(session, organisation_id, period, in_scope)
+    points = await _points(session, organisation_id, period, in_scope)
     members = await _members(session, organisation_id, period, branch_ids)
     wanted = set(branch_ids) if branch_ids is not None else None
     rows: list[BranchStats] = []
@@ -219,53 +223,27 @@ async def trend(
     organisation_id: int,
     scope: str,
     months: Sequence[Period],
-    branch_ids: Sequence[int] | None,
+    branch_ids: Sequence[int],
 ) -> Trend:
-    """Participation per month and kind. One query: each row's month is found with a
-    CASE over the month boundaries, which works the same on SQLite and PostgreSQL and
-    honours the organisation's time zone (the boundaries are local midnights)."""
-    if not months:
-        return Trend(scope, ())
-    bucket = case(
-        *[(Participation.activity_at < m.ends_at, i) for i, m in enumerate(months)],
-        else_=len(months),
-    )
-    statement = (
-        select(
-            bucket,
-            Participation.kind,
-            func.sum(case((Participation.status.in_(COUNTED), 1), else_=0)),
-            func.sum(case((Participation.status == DONE, 1), else_=0)),
-        )
-        .where(
-            Participation.organisation_id == organisation_id,
-            Participation.activity_at >= months[0].starts_at,
-            Participation.activity_at < months[-1].ends_at,
-        )
-        .group_by(bucket, Participation.kind)
-    )
-    if branch_ids is not None:
-        statement = statement.where(Participation.branch_id.in_(branch_ids))
-    counts: dict[tuple[int, str], Ratio] = {}
-    for index, kind, eligible, done in await session.execute(statement):
-        counts[(int(index), kind)] = Ratio(int(done or 0), int(eligible or 0))
-
-    def of(i: int, kind: ActivityKind) -> Ratio:
-        return counts.get((i, kind.value), NO_RATIO)
-
-    return Trend(
-        scope,
-        tuple(
+    """Participation per month and kind: the stats query once per month (each an index
+    range per branch and kind, so twelve of them cost less than one query that has to
+    sort a year of rows by month)."""
+    out: list[TrendMonth] = []
+    for month in months:
+        tallies = await _tallies(session, organisation_id, month, branch_ids)
+        total = _Tally.empty()
+        for tally in tallies.values():
+            total.add(tally)
+        out.append(
             TrendMonth(
-                month=m.first,
-                quiz_taken=of(i, ActivityKind.QUIZ),
-                study=of(i, ActivityKind.STUDY),
-                oath=of(i, ActivityKind.OATH),
-                attendance=of(i, ActivityKind.MEETING),
+                month=month.first,
+                quiz_taken=total.ratio(ActivityKind.QUIZ),
+                study=total.ratio(ActivityKind.STUDY),
+                oath=total.ratio(ActivityKind.OATH),
+                attendance=total.ratio(ActivityKind.MEETING),
             )
-            for i, m in enumerate(months)
-        ),
-    )
+        )
+    return Trend(scope, tuple(out))
 
 
 async def member_record(

@@ -110,12 +110,13 @@ async def trend_for(ctx: Context, scope: common.Scope) -> Trend:
     org = ctx.services.org
     local_today = ctx.now.astimezone(common.zone(ctx)).date()
     name = common.branch_name(ctx.t, scope.branch) if scope.branch is not None else org.label(ctx.t)
+    branch_ids = scope.branch_ids or list(await figures.branch_names(ctx.session, org.id))
     return await figures.trend(
         ctx.session,
         organisation_id=org.id,
         scope=name,
         months=months_back(TREND_MONTHS, local_today, common.zone(ctx)),
-        branch_ids=scope.branch_ids,
+        branch_ids=branch_ids,
     )
 
 

@@ -61,18 +61,21 @@ def upgrade() -> None:
             "ix_participation_member_at", ["member_id", "activity_at"], unique=False
         )
         batch_op.create_index(
-            "ix_participation_org_at",
+            "ix_participation_stats",
             [
                 "organisation_id",
-                "activity_at",
                 "branch_id",
                 "kind",
+                "activity_at",
                 "status",
                 "passed",
                 "excellent",
                 "score",
             ],
             unique=False,
+        )
+        batch_op.create_index(
+            "ix_participation_open", ["organisation_id", "status", "closes_at"], unique=False
         )
 
     op.create_table(
@@ -107,18 +110,21 @@ def upgrade() -> None:
             "ix_points_ledger_member_at", ["member_id", "awarded_at"], unique=False
         )
         batch_op.create_index(
-            "ix_points_ledger_org_at", ["organisation_id", "awarded_at", "branch_id"], unique=False
+            "ix_points_ledger_stats",
+            ["organisation_id", "branch_id", "awarded_at", "points"],
+            unique=False,
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("points_ledger", schema=None) as batch_op:
-        batch_op.drop_index("ix_points_ledger_org_at")
+        batch_op.drop_index("ix_points_ledger_stats")
         batch_op.drop_index("ix_points_ledger_member_at")
 
     op.drop_table("points_ledger")
     with op.batch_alter_table("participation", schema=None) as batch_op:
-        batch_op.drop_index("ix_participation_org_at")
+        batch_op.drop_index("ix_participation_open")
+        batch_op.drop_index("ix_participation_stats")
         batch_op.drop_index("ix_participation_member_at")
 
     op.drop_table("participation")
