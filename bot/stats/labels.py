@@ -9,7 +9,7 @@ KIND_LABELS = {
     ActivityKind.QUIZ.value: N_("Quiz"),
     ActivityKind.STUDY.value: N_("Study"),
     ActivityKind.OATH.value: N_("Oath renewal"),
-    ActivityKind.MEETING.value: N_("Meeting"),
+    ActivityKind.MEETING.value: N_("Meetings"),
 }
 
 
