@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,14 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import (
     ActivityKind,
+    ActivitySummary,
     Material,
     Member,
     Notice,
     NoticeKind,
     OathCampaign,
+    Organisation,
     Participation,
     ParticipationStatus,
     PointsAward,
+    PointsSummary,
     Quiz,
 )
 
@@ -129,6 +133,80 @@ def _key(activity: Activity) -> Any:
     return and_(Participation.kind == activity.kind.value, Participation.activity_id == activity.id)
 
 
+def _postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def recount(
+    session: AsyncSession,
+    kind: str,
+    activity_id: int,
+    organisation_id: int,
+    activity_at: datetime,
+    branch_id: int | None = None,
+) -> None:
+    """Bring the activity's summary (one branch, or all) in line with its rows.
+
+    A recount rather than +1/-1: the counts can then never drift from the rows, whatever
+    a change did. On PostgreSQL the summary rows are locked first, so the recount runs
+    after any other transaction recounting them has committed, and (READ COMMITTED) it
+    sees that transaction's rows as well as this one's.
+    """
+    summary_key = [ActivitySummary.kind == kind, ActivitySummary.activity_id == activity_id]
+    rows_key = [Participation.kind == kind, Participation.activity_id == activity_id]
+    if branch_id is not None:
+        summary_key.append(ActivitySummary.branch_id == branch_id)
+        rows_key.append(Participation.branch_id == branch_id)
+    if _postgres(session):
+        await session.execute(
+            select(ActivitySummary.branch_id)
+            .where(*summary_key)
+            .order_by(ActivitySummary.branch_id)
+            .with_for_update()
+        )
+    done = Participation.status == DONE
+    counts = (
+        select(
+            literal(kind),
+            literal(activity_id),
+            Participation.branch_id,
+            literal(organisation_id),
+            literal(activity_at, ActivitySummary.activity_at.type),
+            func.count().filter(Participation.status.in_((DUE, DONE))),
+            func.count().filter(done),
+            func.count().filter(and_(done, Participation.passed.is_(True))),
+            func.count().filter(and_(done, Participation.excellent.is_(True))),
+            func.coalesce(func.sum(Participation.score).filter(done), 0.0),
+        )
+        .where(*rows_key)
+        .group_by(Participation.branch_id)
+    )
+    columns = [
+        "kind",
+        "activity_id",
+        "branch_id",
+        "organisation_id",
+        "activity_at",
+        "expected",
+        "done",
+        "passed",
+        "excellent",
+        "score_sum",
+    ]
+    statement = _insert(session)(ActivitySummary).from_select(columns, counts)
+    statement = statement.on_conflict_do_update(
+        index_elements=["kind", "activity_id", "branch_id"],
+        set_={c: statement.excluded[c] for c in columns[3:]},
+    )
+    await session.execute(statement)
+
+
+async def _recount(session: AsyncSession, activity: Activity, branch_id: int | None = None) -> None:
+    await recount(
+        session, activity.kind.value, activity.id, activity.organisation_id, activity.at, branch_id
+    )
+
+
 async def expect(session: AsyncSession, activity: Activity, member_ids: Iterable[int]) -> None:
     """The activity reached these members: each is expected, in the branch they are in now.
 
@@ -173,6 +251,7 @@ async def expect(session: AsyncSession, activity: Activity, member_ids: Iterable
             .on_conflict_do_nothing()
         )
         await session.execute(statement)
+    await _recount(session, activity)
 
 
 async def took_part(
@@ -215,27 +294,34 @@ async def took_part(
             "excellent": statement.excluded.excellent,
         },
     )
-    await session.execute(statement)
+    branch_id = (await session.execute(statement.returning(Participation.branch_id))).scalar_one()
+    await _recount(session, activity, branch_id)
 
 
 async def not_done(session: AsyncSession, activity: Activity, member_id: int) -> None:
     """Undo a completion that was recorded by mistake (a check-in removed)."""
-    await session.execute(
+    changed = await session.scalars(
         update(Participation)
         .where(_key(activity), Participation.member_id == member_id, Participation.status == DONE)
         .values(status=DUE, done_at=None, score=None, passed=None, excellent=None)
+        .returning(Participation.branch_id)
     )
+    for branch_id in set(changed):
+        await _recount(session, activity, branch_id)
 
 
 async def excuse(session: AsyncSession, activity: Activity, member_id: int, excused: bool) -> None:
     """Approved leave takes the member out of the activity's denominator; leave withdrawn
     or refused puts them back. A member who took part anyway stays done."""
     old, new = (DUE, EXCUSED) if excused else (EXCUSED, DUE)
-    await session.execute(
+    changed = await session.scalars(
         update(Participation)
         .where(_key(activity), Participation.member_id == member_id, Participation.status == old)
         .values(status=new)
+        .returning(Participation.branch_id)
     )
+    for branch_id in set(changed):
+        await _recount(session, activity, branch_id)
 
 
 async def cancelled(session: AsyncSession, activity: Activity) -> None:
@@ -243,6 +329,7 @@ async def cancelled(session: AsyncSession, activity: Activity) -> None:
     await session.execute(
         update(Participation).where(_key(activity)).values(status=WITHDRAWN, done_at=None)
     )
+    await _recount(session, activity)
 
 
 async def rescheduled(session: AsyncSession, activity: Activity) -> None:
@@ -252,12 +339,20 @@ async def rescheduled(session: AsyncSession, activity: Activity) -> None:
         .where(_key(activity))
         .values(title=activity.title[:200], activity_at=activity.at, closes_at=activity.closes_at)
     )
+    await session.execute(
+        update(ActivitySummary)
+        .where(
+            ActivitySummary.kind == activity.kind.value,
+            ActivitySummary.activity_id == activity.id,
+        )
+        .values(activity_at=activity.at)
+    )
 
 
 async def member_left(session: AsyncSession, member_id: int, now: datetime) -> None:
     """A deactivated member stops counting for everything still open; what they did or
     missed before stays on the record."""
-    await session.execute(
+    changed = await session.execute(
         update(Participation)
         .where(
             Participation.member_id == member_id,
@@ -265,19 +360,37 @@ async def member_left(session: AsyncSession, member_id: int, now: datetime) -> N
             or_(Participation.closes_at.is_(None), Participation.closes_at > now),
         )
         .values(status=WITHDRAWN)
+        .returning(
+            Participation.kind,
+            Participation.activity_id,
+            Participation.organisation_id,
+            Participation.activity_at,
+            Participation.branch_id,
+        )
     )
+    for kind, activity_id, organisation_id, activity_at, branch_id in sorted(set(changed.all())):
+        await recount(session, kind, activity_id, organisation_id, activity_at, branch_id)
 
 
 async def revoke(session: AsyncSession, member_id: int, rule: str, source: Activity) -> None:
     """Take back an award made in error (a check-in the secretary removed)."""
-    await session.execute(
-        delete(PointsAward).where(
+    taken = await session.execute(
+        delete(PointsAward)
+        .where(
             PointsAward.member_id == member_id,
             PointsAward.rule == rule,
             PointsAward.source_kind == source.kind.value,
             PointsAward.source_id == source.id,
         )
+        .returning(
+            PointsAward.organisation_id,
+            PointsAward.branch_id,
+            PointsAward.awarded_at,
+            PointsAward.points,
+        )
     )
+    for organisation_id, branch_id, awarded_at, points in taken.all():
+        await _add_points(session, organisation_id, branch_id, awarded_at, -points)
 
 
 async def award(
@@ -295,7 +408,7 @@ async def award(
     if points <= 0:
         return
     branch = select(Member.branch_id).where(Member.id == member_id).scalar_subquery()
-    await session.execute(
+    awarded = await session.scalar(
         _insert(session)(PointsAward)
         .values(
             organisation_id=organisation_id,
@@ -308,4 +421,101 @@ async def award(
             awarded_at=at,
         )
         .on_conflict_do_nothing()
+        .returning(PointsAward.branch_id)
     )
+    if awarded is not None:  # not a repeat
+        await _add_points(session, organisation_id, awarded, at, points)
+
+
+async def _zone(session: AsyncSession, organisation_id: int) -> ZoneInfo:
+    name = await session.scalar(
+        select(Organisation.timezone).where(Organisation.id == organisation_id)
+    )
+    return ZoneInfo(name or "Asia/Shanghai")
+
+
+async def _add_points(
+    session: AsyncSession, organisation_id: int, branch_id: int, at: datetime, points: int
+) -> None:
+    """Adjust the day's total. An increment, not a recount: the ledger for a day can be
+    large, and ON CONFLICT DO UPDATE adds to the row as committed, so concurrent awards
+    cannot lose one another."""
+    day = at.astimezone(await _zone(session, organisation_id)).date()
+    statement = _insert(session)(PointsSummary).values(
+        organisation_id=organisation_id, branch_id=branch_id, day=day, points=points
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["organisation_id", "branch_id", "day"],
+            set_={"points": PointsSummary.points + statement.excluded.points},
+        )
+    )
+
+
+async def rebuild_summaries(session: AsyncSession, organisation_id: int) -> None:
+    """Recount every summary of an organisation from its rows: after rows were loaded
+    by other means (an import, the benchmark), or to check that nothing drifted."""
+    await session.execute(
+        delete(ActivitySummary).where(ActivitySummary.organisation_id == organisation_id)
+    )
+    await session.execute(
+        delete(PointsSummary).where(PointsSummary.organisation_id == organisation_id)
+    )
+    done = Participation.status == DONE
+    counts = (
+        select(
+            Participation.kind,
+            Participation.activity_id,
+            Participation.branch_id,
+            Participation.organisation_id,
+            func.max(Participation.activity_at),
+            func.count().filter(Participation.status.in_((DUE, DONE))),
+            func.count().filter(done),
+            func.count().filter(and_(done, Participation.passed.is_(True))),
+            func.count().filter(and_(done, Participation.excellent.is_(True))),
+            func.coalesce(func.sum(Participation.score).filter(done), 0.0),
+        )
+        .where(Participation.organisation_id == organisation_id)
+        .group_by(
+            Participation.kind,
+            Participation.activity_id,
+            Participation.branch_id,
+            Participation.organisation_id,
+        )
+    )
+    await session.execute(
+        _insert(session)(ActivitySummary).from_select(
+            [
+                "kind",
+                "activity_id",
+                "branch_id",
+                "organisation_id",
+                "activity_at",
+                "expected",
+                "done",
+                "passed",
+                "excellent",
+                "score_sum",
+            ],
+            counts,
+        )
+    )
+    # Days are local, which SQL cannot say the same way on both databases: add up here.
+    zone = await _zone(session, organisation_id)
+    days: dict[tuple[int, Any], int] = {}
+    awards = await session.stream(
+        select(PointsAward.branch_id, PointsAward.awarded_at, PointsAward.points)
+        .where(PointsAward.organisation_id == organisation_id)
+        .execution_options(yield_per=20_000)
+    )
+    async for branch_id, awarded_at, points in awards:
+        key = (branch_id, awarded_at.astimezone(zone).date())
+        days[key] = days.get(key, 0) + points
+    if days:
+        await session.execute(
+            _insert(session)(PointsSummary),
+            [
+                {"organisation_id": organisation_id, "branch_id": b, "day": d, "points": p}
+                for (b, d), p in days.items()
+            ],
+        )

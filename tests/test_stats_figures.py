@@ -4,17 +4,27 @@ side of a month boundary in Shanghai time (UTC+8)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import participation as p
 from bot.db.engine import create_engine, create_sessionmaker
-from bot.db.models import ActivityKind, Branch, Member, Organisation
+from bot.db.models import (
+    ActivityKind,
+    ActivitySummary,
+    Branch,
+    Member,
+    Organisation,
+    PointsSummary,
+)
 from bot.stats import figures
 from bot.stats.model import Ratio
 from bot.stats.period import PeriodError, months_back, parse_period
@@ -290,3 +300,79 @@ def test_periods_people_type(text: str, first: date, last: date) -> None:
 def test_bad_periods_are_refused(text: str) -> None:
     with pytest.raises(PeriodError):
         parse_period(text, today=date(2026, 11, 26), zone=SHANGHAI)
+
+
+async def _summaries(session: AsyncSession) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    activities = await session.execute(
+        select(
+            ActivitySummary.kind,
+            ActivitySummary.activity_id,
+            ActivitySummary.branch_id,
+            ActivitySummary.expected,
+            ActivitySummary.done,
+            ActivitySummary.passed,
+            ActivitySummary.excellent,
+            ActivitySummary.score_sum,
+        ).order_by(ActivitySummary.kind, ActivitySummary.activity_id, ActivitySummary.branch_id)
+    )
+    points = await session.execute(
+        select(PointsSummary.branch_id, PointsSummary.day, PointsSummary.points)
+        .where(PointsSummary.points != 0)
+        .order_by(PointsSummary.branch_id, PointsSummary.day)
+    )
+    return [tuple(r) for r in activities], [tuple(r) for r in points]
+
+
+async def test_kept_summaries_equal_a_recount_from_the_rows(session: AsyncSession) -> None:
+    """The counts kept change by change are exactly what counting the rows gives."""
+    ids = await build(session)
+    await record(session, ids)
+    n = activity(ids, ActivityKind.MEETING, 9, at(12))
+    await p.expect(session, n, [ids["a1"], ids["a2"]])
+    await p.took_part(session, n, ids["a1"], at(12))
+    await p.award(
+        session,
+        organisation_id=ids["org"],
+        member_id=ids["a1"],
+        rule=p.MEETING_ATTENDED,
+        points=2,
+        source=n,
+        at=at(12),
+    )
+    await p.not_done(session, n, ids["a1"])
+    await p.revoke(session, ids["a1"], p.MEETING_ATTENDED, n)
+    kept = await _summaries(session)
+    await p.rebuild_summaries(session, ids["org"])
+    assert await _summaries(session) == kept
+    # Points on the day in Shanghai: 31 October 15:30 UTC is 23:30 on the 31st.
+    assert (ids["A"], date(2026, 10, 31), 2) in kept[1]
+
+
+async def test_concurrent_completions_are_all_counted(database_url: str) -> None:
+    """Two members of one branch finish the same quiz in two transactions at once: the
+    branch's summary counts both (PostgreSQL runs them truly concurrently; SQLite
+    queues the second writer)."""
+    engine = create_engine(database_url)
+    maker = create_sessionmaker(engine)
+    try:
+        async with maker.begin() as session:
+            ids = await build(session)
+            quiz = activity(ids, ActivityKind.QUIZ, 5, at(3))
+            await p.expect(session, quiz, [ids["a1"], ids["a2"], ids["a3"]])
+        first_wrote = asyncio.Event()
+
+        async def finish(member: str, wait: bool) -> None:
+            async with maker.begin() as session:
+                await p.took_part(session, quiz, ids[member], at(4), score=95.0, passed=True)
+                if not wait:
+                    first_wrote.set()
+                    await asyncio.sleep(0.3)  # hold the lock while the other tries
+                else:
+                    await first_wrote.wait()
+
+        await asyncio.gather(finish("a1", False), finish("a2", True))
+        async with maker() as session:
+            row = await session.get_one(ActivitySummary, ("quiz", 5, ids["A"]))
+        assert (row.expected, row.done, row.passed, row.score_sum) == (3, 2, 2, 190.0)
+    finally:
+        await engine.dispose()

@@ -61,17 +61,8 @@ def upgrade() -> None:
             "ix_participation_member_at", ["member_id", "activity_at"], unique=False
         )
         batch_op.create_index(
-            "ix_participation_stats",
-            [
-                "organisation_id",
-                "branch_id",
-                "kind",
-                "activity_at",
-                "status",
-                "passed",
-                "excellent",
-                "score",
-            ],
+            "ix_participation_activity",
+            ["kind", "activity_id", "branch_id", "status", "passed", "excellent", "score"],
             unique=False,
         )
         batch_op.create_index(
@@ -115,8 +106,59 @@ def upgrade() -> None:
             unique=False,
         )
 
+    op.create_table(
+        "activity_summary",
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("activity_id", sa.Integer(), nullable=False),
+        sa.Column("branch_id", sa.Integer(), nullable=False),
+        sa.Column("organisation_id", sa.Integer(), nullable=False),
+        sa.Column("activity_at", bot.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expected", sa.Integer(), nullable=False),
+        sa.Column("done", sa.Integer(), nullable=False),
+        sa.Column("passed", sa.Integer(), nullable=False),
+        sa.Column("excellent", sa.Integer(), nullable=False),
+        sa.Column("score_sum", sa.Double(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["branch_id"], ["branch.id"], name=op.f("fk_activity_summary_branch_id_branch")
+        ),
+        sa.ForeignKeyConstraint(
+            ["organisation_id"],
+            ["organisation.id"],
+            name=op.f("fk_activity_summary_organisation_id_organisation"),
+        ),
+        sa.PrimaryKeyConstraint(
+            "kind", "activity_id", "branch_id", name=op.f("pk_activity_summary")
+        ),
+    )
+    with op.batch_alter_table("activity_summary", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_activity_summary_org_at", ["organisation_id", "activity_at"], unique=False
+        )
+    op.create_table(
+        "points_summary",
+        sa.Column("organisation_id", sa.Integer(), nullable=False),
+        sa.Column("branch_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("points", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["branch_id"], ["branch.id"], name=op.f("fk_points_summary_branch_id_branch")
+        ),
+        sa.ForeignKeyConstraint(
+            ["organisation_id"],
+            ["organisation.id"],
+            name=op.f("fk_points_summary_organisation_id_organisation"),
+        ),
+        sa.PrimaryKeyConstraint(
+            "organisation_id", "branch_id", "day", name=op.f("pk_points_summary")
+        ),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("points_summary")
+    with op.batch_alter_table("activity_summary", schema=None) as batch_op:
+        batch_op.drop_index("ix_activity_summary_org_at")
+    op.drop_table("activity_summary")
     with op.batch_alter_table("points_ledger", schema=None) as batch_op:
         batch_op.drop_index("ix_points_ledger_stats")
         batch_op.drop_index("ix_points_ledger_member_at")
@@ -124,7 +166,7 @@ def downgrade() -> None:
     op.drop_table("points_ledger")
     with op.batch_alter_table("participation", schema=None) as batch_op:
         batch_op.drop_index("ix_participation_open")
-        batch_op.drop_index("ix_participation_stats")
+        batch_op.drop_index("ix_participation_activity")
         batch_op.drop_index("ix_participation_member_at")
 
     op.drop_table("participation")
