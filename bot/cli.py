@@ -17,6 +17,7 @@ from alembic.util import CommandError
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import logs
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from bot.content import ContentError, ContentProblems, Pack, load_pack, sync_pack
 from bot.db import migrate
@@ -62,22 +63,9 @@ def _database(action: Callable[[], Coroutine[Any, Any, T]], settings: Settings) 
         _fail("Cannot do that:", _explain(exc, settings), settings)
 
 
-def _logging(settings: Settings) -> None:
-    level = getattr(logging, settings.log_level)
-    if settings.resolved_adapter() == "console":
-        # The terminal is the chat; only problems belong there.
-        level = max(level, logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO, and Telegram URLs contain the bot token.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _fail(prefix: str, message: str, settings: Settings | None = None, code: int = 1) -> NoReturn:
     """One line on stderr, never markup-parsed, never with the bot token in it."""
-    token = settings.telegram.token if settings is not None else None
-    if token is not None and token.get_secret_value():
-        message = message.replace(token.get_secret_value(), "<ZHIBU_TELEGRAM__TOKEN>")
+    message = logs.Redactor(logs.secrets_of(settings) if settings else ()).redact(message)
     err.print(f"{prefix} {' '.join(message.split())}", style="red", markup=False, highlight=False)
     raise typer.Exit(code)
 
@@ -104,7 +92,7 @@ def _explain(exc: BaseException, settings: Settings) -> str:
 def run() -> None:
     """Run the bot: Telegram when a token is configured, otherwise the console."""
     settings = _settings()
-    _logging(settings)
+    logs.configure(settings)
     try:
         asyncio.run(_run(settings))
     except KeyboardInterrupt:
