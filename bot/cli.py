@@ -15,11 +15,13 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from alembic.util import CommandError
 from rich.console import Console
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import logs
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from bot.content import ContentError, ContentProblems, Pack, load_pack, sync_pack
-from bot.db import migrate
+from bot.db import backup, migrate
 from bot.db.engine import create_engine, create_sessionmaker
 from bot.db.models import AuditLog
 from bot.materials import load_materials
@@ -62,22 +64,9 @@ def _database(action: Callable[[], Coroutine[Any, Any, T]], settings: Settings) 
         _fail("Cannot do that:", _explain(exc, settings), settings)
 
 
-def _logging(settings: Settings) -> None:
-    level = getattr(logging, settings.log_level)
-    if settings.resolved_adapter() == "console":
-        # The terminal is the chat; only problems belong there.
-        level = max(level, logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO, and Telegram URLs contain the bot token.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _fail(prefix: str, message: str, settings: Settings | None = None, code: int = 1) -> NoReturn:
     """One line on stderr, never markup-parsed, never with the bot token in it."""
-    token = settings.telegram.token if settings is not None else None
-    if token is not None and token.get_secret_value():
-        message = message.replace(token.get_secret_value(), "<ZHIBU_TELEGRAM__TOKEN>")
+    message = logs.Redactor(logs.secrets_of(settings) if settings else ()).redact(message)
     err.print(f"{prefix} {' '.join(message.split())}", style="red", markup=False, highlight=False)
     raise typer.Exit(code)
 
@@ -104,7 +93,7 @@ def _explain(exc: BaseException, settings: Settings) -> str:
 def run() -> None:
     """Run the bot: Telegram when a token is configured, otherwise the console."""
     settings = _settings()
-    _logging(settings)
+    logs.configure(settings)
     try:
         asyncio.run(_run(settings))
     except KeyboardInterrupt:
@@ -172,6 +161,112 @@ def db_current() -> None:
     current, head = _database(read, settings), migrate.head_revision()
     state = "up to date" if current == head else f"pending migrations up to {head}"
     typer.echo(f"schema {current or 'empty'}: {state}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Is the database reachable and up to date? Exit 0 up to date, 1 migrations pending
+    (or a schema this version does not know), 2 unreachable."""
+    settings = _settings()
+    url = settings.database.url
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        database = backup.sqlite_file(url)
+    except backup.BackupError:
+        database = None  # in memory: always reachable, always empty
+    current: str | None
+    if database is not None and not database.is_file():
+        # Connecting would create the file; say what is there instead.
+        typer.echo(f"database: {shown} (no file yet; `zhibu db upgrade` creates it)")
+        current = None
+    else:
+
+        async def read() -> str | None:
+            engine = create_engine(url)
+            try:
+                async with asyncio.timeout(20):
+                    return await migrate.current_revision(engine)
+            finally:
+                await engine.dispose()
+
+        try:
+            current = asyncio.run(read())
+        except Exception as exc:
+            typer.echo(f"database: {shown} (unreachable)")
+            _fail("Unreachable:", _explain(exc, settings), settings, code=2)
+        typer.echo(f"database: {shown} (reachable)")
+    head = migrate.head_revision()
+    typer.echo(f"schema: {current or 'empty'}")
+    typer.echo(f"head: {head}")
+    try:
+        pending = migrate.pending_revisions(current)
+    except CommandError:
+        typer.echo(f"pending: unknown (schema {current} is newer than this version of Zhibu)")
+        raise typer.Exit(1) from None
+    if not pending:
+        typer.echo("pending: none")
+        return
+    typer.echo(f"pending: {len(pending)} migration{'s' if len(pending) != 1 else ''}")
+    for revision, description in pending:
+        typer.echo(f"  {revision} {description}")
+    raise typer.Exit(1)
+
+
+@db_app.command("backup")
+def db_backup(
+    path: Annotated[
+        Path, typer.Argument(help="The backup file, or a folder to put a dated file in.")
+    ],
+) -> None:
+    """Copy the SQLite database to PATH, safely while the bot runs (PostgreSQL: prints
+    the pg_dump procedure and exits 2)."""
+    settings = _settings()
+    database = _sqlite_or_procedure(settings, "backup", path)
+    try:
+        done = backup.backup(database, path)
+    except backup.BackupError as exc:
+        _fail("Cannot back up:", str(exc), settings)
+    typer.echo(f"backed up {database} to {done.path} (schema {done.revision})")
+
+
+@db_app.command("restore")
+def db_restore(
+    path: Annotated[Path, typer.Argument(help="A backup made by `zhibu db backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore even though the database looks in use (only when you know no "
+            "process has it open, e.g. after a crash).",
+        ),
+    ] = False,
+) -> None:
+    """Replace the SQLite database with a backup; the old file is kept as
+    <name>.before-restore. Stop the bot first. (PostgreSQL: prints the pg_restore
+    procedure and exits 2.)"""
+    settings = _settings()
+    database = _sqlite_or_procedure(settings, "restore", path)
+    try:
+        done = backup.restore(path, database, force=force)
+    except backup.BackupError as exc:
+        _fail("Cannot restore:", str(exc), settings)
+    kept = f"; the previous database is now {done.replaced}" if done.replaced else ""
+    typer.echo(f"restored {database} from {path} (schema {done.revision}){kept}")
+
+
+def _sqlite_or_procedure(settings: Settings, action: str, path: Path) -> Path:
+    try:
+        database = backup.sqlite_file(settings.database.url)
+    except backup.BackupError as exc:
+        _fail(f"Cannot {action}:", str(exc), settings)
+    if database is None:
+        err.print(
+            backup.postgres_procedure(settings.database.url, action, path),
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    return database
 
 
 @content_app.command("check")

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # How often due work (reminders, nudges) is looked for, in seconds.
     scheduler_tick_seconds: float = Field(default=15.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "text" for people reading a terminal or the journal; "json" (one object per line)
+    # for a log collector.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("admins", mode="before")
     @classmethod

@@ -10,8 +10,6 @@ import pytest
 
 from bot.config import ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -82,26 +80,3 @@ def test_cli_reports_bad_setting_in_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "ZHIBU_DATABASE__URL" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
-
-
-def _setting_names(model: type, prefix: str = "ZHIBU_") -> set[str]:
-    from pydantic import BaseModel
-
-    names = set()
-    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= _setting_names(annotation, f"{prefix}{name.upper()}__")
-        else:
-            names.add(f"{prefix}{name.upper()}")
-    return names
-
-
-def test_example_environment_documents_every_setting() -> None:
-    from bot.config import Settings
-
-    example = (ROOT / "deploy" / "zhibu.env.example").read_text(encoding="utf-8")
-    documented = {
-        line.split("=", 1)[0] for line in example.splitlines() if line.startswith("ZHIBU_")
-    }
-    assert documented == _setting_names(Settings)
