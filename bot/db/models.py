@@ -637,3 +637,19 @@ class OathRenewal(Base):
     recorded_by: Mapped[int | None] = mapped_column(ForeignKey("member.id"))
     pledge: Mapped[str | None] = mapped_column(Text)
     pledge_updated_at: Mapped[datetime | None]
+
+
+# --- updates received by webhook ---------------------------------------------------
+
+
+class HandledUpdate(Base):
+    """An update that arrived by webhook and was handled, written in the same transaction
+    as the handler's changes: a redelivery (Telegram retries a webhook that got no 2xx
+    answer, or two workers receive it) finds the row and changes nothing. Pruned after a
+    few days, by when Telegram has long stopped retrying (see bot.handled_updates)."""
+
+    __tablename__ = "handled_update"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    update_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    handled_at: Mapped[datetime] = mapped_column(index=True)
