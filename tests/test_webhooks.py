@@ -292,6 +292,7 @@ async def test_the_same_update_at_two_workers_is_handled_once(bots: Bots) -> Non
         assert [p.status for p in posts] == [200, 200]
     assert await count(first, Invite) == 3
     assert len(sent_to(bots.fake, ADMIN.tg_id)) == 3
+
     def handled_as(outcome: str) -> float:
         return sum(
             app.metrics.registry.get_sample_value(
