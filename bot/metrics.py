@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.clock import Clock
 from bot.db.models import Delivery, DeliveryStatus, DueJob, JobStatus
 from bot.messenger import ButtonPress, Event, PollAnswer, TextMessage, UnsupportedMessage
+from bot.routing import FAILED
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Metrics:
         name = event_name(event)
         self.updates.labels(name, outcome).inc()
         self.update_seconds.labels(name).observe(seconds)
-        if outcome == "failed":
+        if outcome == FAILED:
             self.handler_errors.labels(name).inc()
 
     # --- from the database ----------------------------------------------------------

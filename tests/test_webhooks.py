@@ -200,6 +200,8 @@ async def test_a_wrong_or_missing_secret_is_refused_and_changes_nothing(
         (b"\xff\xfe", "application/json"),
         (b"[1, 2]", "application/json"),
         (b'{"message": {"text": "no update id"}}', "application/json"),
+        (b'{"update_id": 5, "message": "not an object"}', "application/json"),
+        (b'{"update_id": 6, "message": {"text": "no date, chat or id"}}', "application/json"),
     ],
 )
 async def test_a_malformed_body_is_refused_and_changes_nothing(

@@ -240,7 +240,9 @@ class PTBMessenger:
         app = self._bot_app()
         try:
             parsed = Update.de_json(update, app.bot)
-        except (KeyError, TypeError, ValueError) as exc:
+        # de_json validates nothing up front, so a malformed field surfaces as whatever
+        # its parser trips over (AttributeError for a string where an object belongs...).
+        except Exception as exc:
             raise ValueError(f"not a Telegram update: {exc}") from exc
         # Runs the handlers inline: this returns once the event has been handled, which
         # is when the webhook may be answered.
