@@ -521,3 +521,35 @@ async def test_polling_serves_nothing_by_default(fake: FakeTelegram, database_ur
         assert app.web is None
     finally:
         await app.stop()
+
+
+# --- forgetting -----------------------------------------------------------------------
+
+
+async def test_the_daily_job_forgets_old_update_ids(bots: Bots) -> None:
+    from bot.db.models import DueJob
+    from bot.features.housekeeping import PRUNE_JOB
+
+    app = await bots.start()
+    clock = app.clock
+    assert isinstance(clock, ManualClock) and app.scheduler is not None
+    old = bots.fake.user_says(ADMIN.tg_id, "/help", first_name=ADMIN.name)
+    await bots.fake.post_update(old)
+    clock.advance(timedelta(days=3))
+    recent = bots.fake.user_says(ADMIN.tg_id, "/help", first_name=ADMIN.name)
+    await bots.fake.post_update(recent)
+    # Start-up planned the first run for 19:00 UTC on the first day; it runs three days
+    # late on this tick, as after an outage, and forgets only what is older than that.
+    clock.advance(timedelta(hours=18))
+    await app.scheduler.tick()
+    async with app.sessionmaker() as session:
+        kept = (await session.scalars(select(HandledUpdate.update_id))).all()
+        jobs = (
+            await session.execute(select(DueJob.key, DueJob.status).where(DueJob.kind == PRUNE_JOB))
+        ).all()
+    assert kept == [str(recent)]
+    # Done, and tomorrow's (19:00 after the tick's "now") planned.
+    assert sorted(tuple(j) for j in jobs) == [
+        (f"{PRUNE_JOB}:2026-11-26", "done"),
+        (f"{PRUNE_JOB}:2026-11-30", "pending"),
+    ]

@@ -34,7 +34,9 @@ async def plan_pruning(session: AsyncSession, now: datetime) -> None:
     await schedule(session, key=f"{PRUNE_JOB}:{at.date().isoformat()}", kind=PRUNE_JOB, run_at=at)
 
 
-@router.job(PRUNE_JOB, grace=timedelta(days=3))
+# Pruning late is always right, so a bot that was down for weeks still runs it (and
+# keeps the daily chain going) instead of skipping it.
+@router.job(PRUNE_JOB, grace=timedelta(days=400))
 async def prune_updates(ctx: JobContext) -> None:
     removed = await prune(ctx.session, ctx.now)
     log.info("forgot %d handled webhook updates", removed)
