@@ -50,10 +50,10 @@ def settings_for(
     register: bool = True,
 ) -> Settings:
     return Settings(
-        adapter=library,  # type: ignore[arg-type]
-        database={"url": database_url},  # type: ignore[arg-type]
-        telegram={"token": fake.token, "api_url": fake.base_url},  # type: ignore[arg-type]
-        webhook={  # type: ignore[arg-type]
+        adapter=library,
+        database={"url": database_url},
+        telegram={"token": fake.token, "api_url": fake.base_url},
+        webhook={
             "url": f"http://127.0.0.1:{port}{PATH}",
             "secret_token": SECRET,
             "listen_host": "127.0.0.1",
@@ -382,13 +382,13 @@ async def test_metrics_show_the_queue_and_late_work(bots: Bots) -> None:
         broadcast = Broadcast(organisation_id=org, kind="test", created_at=clock.now())
         session.add(broadcast)
         await session.flush()
-        for status in ("pending", "pending", "sending", "sent", "failed"):
+        for state in ("pending", "pending", "sending", "sent", "failed"):
             session.add(
                 Delivery(
                     broadcast_id=broadcast.id,
                     chat_id="1",
                     language="en",
-                    status=status,
+                    status=state,
                     next_attempt_at=clock.now(),
                 )
             )
@@ -405,6 +405,7 @@ async def test_metrics_show_the_queue_and_late_work(bots: Bots) -> None:
     # Scrapes within REFRESH_SECONDS share one read; force a fresh one.
     await app.metrics.refresh(force=True)
     status, page = await get(f"{app.web.url}/metrics")
+    assert status == 200
     lines = set(page.splitlines())
     assert 'zhibu_deliveries{status="pending"} 2.0' in lines
     assert 'zhibu_deliveries{status="sent"} 1.0' in lines
@@ -477,10 +478,10 @@ async def test_polling_deletes_a_webhook_and_can_serve_health(
     fake.webhook = {"url": "https://old.example.org/hook"}
     port = free_port()
     settings = Settings(
-        adapter=library,  # type: ignore[arg-type]
-        database={"url": database_url},  # type: ignore[arg-type]
-        telegram={"token": fake.token, "api_url": fake.base_url, "poll_timeout": 1},  # type: ignore[arg-type]
-        webhook={"listen_port": port, "serve_when_polling": True},  # type: ignore[arg-type]
+        adapter=library,
+        database={"url": database_url},
+        telegram={"token": fake.token, "api_url": fake.base_url, "poll_timeout": 1},
+        webhook={"listen_port": port, "serve_when_polling": True},
         admins=[f"telegram:{ADMIN.tg_id}"],
     )
     app = App(settings, create_messenger(settings, on_close=lambda: None), clock=ManualClock(START))
@@ -512,8 +513,8 @@ async def test_polling_deletes_a_webhook_and_can_serve_health(
 async def test_polling_serves_nothing_by_default(fake: FakeTelegram, database_url: str) -> None:
     settings = Settings(
         adapter="ptb",
-        database={"url": database_url},  # type: ignore[arg-type]
-        telegram={"token": fake.token, "api_url": fake.base_url, "poll_timeout": 1},  # type: ignore[arg-type]
+        database={"url": database_url},
+        telegram={"token": fake.token, "api_url": fake.base_url, "poll_timeout": 1},
     )
     app = App(settings, create_messenger(settings, on_close=lambda: None), clock=ManualClock(START))
     await app.start(background=False)
