@@ -6,11 +6,13 @@ stay thin translations of the same rules and cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from bot.config import Settings
 from bot.messenger import (
     Button,
     ButtonPress,
@@ -26,10 +28,13 @@ from bot.messenger import (
     TextMessage,
     TransientFailure,
     UnsupportedMessage,
+    WebhookRegistration,
 )
 from bot.text import Rich, Style, units
 
 PLATFORM = "telegram"
+
+E = TypeVar("E", bound=Event)
 
 TELEGRAM_CAPABILITIES = Capabilities(
     inline_buttons=True,
@@ -424,4 +429,38 @@ def poll_answer_event(answer: Any) -> PollAnswer | None:
         poll_id=answer.poll_id,
         option_ids=tuple(answer.option_ids),
         chat_id=who.user_id,
+    )
+
+
+def with_update_id(event: E, update_id: int | None) -> E:
+    """``event`` marked with the update that carried it, for updates that may arrive
+    twice (webhooks); None leaves it unmarked (long polling never repeats an update)."""
+    if update_id is None:
+        return event
+    return dataclasses.replace(event, update_id=str(update_id))
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+
+def webhook_update_id(update: Any) -> int:
+    """The ``update_id`` of a webhook body, or ValueError: the one field every Telegram
+    update has, checked before a library is asked to read the rest."""
+    if not isinstance(update, dict):
+        raise ValueError("a Telegram update is a JSON object")
+    update_id = update.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool):
+        raise ValueError("a Telegram update needs an integer update_id")
+    return update_id
+
+
+def webhook_registration(settings: Settings) -> WebhookRegistration | None:
+    """The adapters' webhook from settings; None → long polling."""
+    webhook = settings.webhook
+    if webhook.url is None:
+        return None
+    if webhook.secret_token is None:
+        raise ValueError("load_settings() requires a secret token for webhooks")
+    return WebhookRegistration(
+        webhook.url, webhook.secret_token.get_secret_value(), register=webhook.set_webhook
     )

@@ -7,18 +7,20 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.broadcast import BroadcastSender, SendBudget
 from bot.clock import Clock, SystemClock
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.content import admin_branch_id, load_pack, sync_pack
 from bot.context import OrgInfo, Services
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import Role
 from bot.features import (
     deliveries,
+    housekeeping,
     join,
     notices,
     nudges,
@@ -31,11 +33,15 @@ from bot.features import (
 )
 from bot.i18n import LANGUAGES, translator
 from bot.materials import load_materials, store_materials
-from bot.messenger import Messenger
+from bot.messenger import Messenger, WebhookReceiver
+from bot.metrics import Metrics
 from bot.oaths import load_oath_pack, plan_campaigns, store_oath_texts
 from bot.quizbank import load_pack_banks, store_bank
 from bot.routing import Dispatcher, Router
 from bot.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from bot.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ def build_router() -> Router:
         nudges.router,
         deliveries.router,
         stats.router,
+        housekeeping.router,
     ):
         root.include(feature)
     return root
@@ -94,6 +101,8 @@ class App:
         self.sender: BroadcastSender | None = None
         self.scheduler: Scheduler | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.metrics = Metrics(self.sessionmaker, self.clock)
+        self.web: WebServer | None = None
 
     async def prepare(self) -> Dispatcher:
         """Load the content pack into the database and build the dispatcher."""
@@ -143,8 +152,16 @@ class App:
             # Idempotent: the next opening of every calendar rule, and today's birthdays.
             await plan_campaigns(session, services, self.clock.now())
             await study.plan_publications(session, services, self.clock.now())
+            if self.settings.webhook.enabled:
+                # Only webhooks record update ids; the prune job reschedules itself daily.
+                await housekeeping.plan_pruning(session, self.clock.now())
         self.dispatcher = Dispatcher(
-            self.router, services, self.sessionmaker, self.messenger, self.read_sessionmaker
+            self.router,
+            services,
+            self.sessionmaker,
+            self.messenger,
+            self.read_sessionmaker,
+            observe=self.metrics.observe,
         )
         return self.dispatcher
 
@@ -153,12 +170,48 @@ class App:
         scheduler's clock off, for tests that drive them step by step."""
         dispatcher = self.dispatcher or await self.prepare()
         await self.messenger.start(dispatcher.handle)
+        try:
+            await self._serve()
+        except BaseException:
+            await self.messenger.stop()
+            raise
         await self._default_menus(dispatcher)
         if background:
             assert self.sender is not None and self.scheduler is not None
             self.sender.start()
             self.scheduler.start(self.settings.scheduler_tick_seconds)
         log.info("Zhibu is running on %s", self.messenger.platform)
+
+    async def _serve(self) -> None:
+        """Start the HTTP server: the webhook in webhook mode, and /healthz and /metrics
+        then or when asked for while polling."""
+        webhook = self.settings.webhook
+        if not webhook.enabled and not webhook.serve_when_polling:
+            return
+        receiver: WebhookReceiver | None = None
+        secret: str | None = None
+        if webhook.enabled:
+            if not isinstance(self.messenger, WebhookReceiver):
+                raise ConfigError(
+                    f"ZHIBU_WEBHOOK__URL: the {self.messenger.platform} adapter cannot "
+                    "receive webhooks"
+                )
+            if webhook.secret_token is None:
+                raise ConfigError("ZHIBU_WEBHOOK__SECRET_TOKEN: required in webhook mode")
+            receiver, secret = self.messenger, webhook.secret_token.get_secret_value()
+        # Imported here so that importing the core loads no HTTP library.
+        from bot.web import WebServer
+
+        self.web = WebServer(
+            host=webhook.listen_host,
+            port=webhook.listen_port,
+            engine=self.engine,
+            metrics=self.metrics,
+            receiver=receiver,
+            path=webhook.path,
+            secret_token=secret,
+        )
+        await self.web.start()
 
     async def _default_menus(self, dispatcher: Dispatcher) -> None:
         if not self.messenger.capabilities.command_menu:
@@ -171,6 +224,11 @@ class App:
             await self.messenger.set_commands(menu, language=language)
 
     async def stop(self) -> None:
+        if self.web is not None:
+            # First: no new updates, and the ones in flight finish while the messenger
+            # can still reply and the sender can still be woken.
+            await self.web.stop()
+            self.web = None
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.sender is not None:

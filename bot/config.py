@@ -62,6 +62,69 @@ class TelegramSettings(BaseModel):
         return value.rstrip("/")
 
 
+_SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
+
+
+class WebhookSettings(BaseModel):
+    """Receiving updates by webhook instead of long polling, and the small HTTP server
+    that also answers ``/healthz`` and ``/metrics`` (see :mod:`bot.web`)."""
+
+    # ZHIBU_WEBHOOK__URL: the public HTTPS URL Telegram posts updates to, as the reverse
+    # proxy exposes it (e.g. https://bot.example.org/telegram). Set → webhook mode; unset →
+    # long polling. Several workers behind one URL share the load.
+    url: str | None = None
+    # ZHIBU_WEBHOOK__SECRET_TOKEN: required in webhook mode. Telegram sends it back in the
+    # X-Telegram-Bot-Api-Secret-Token header; requests without it are refused, since the
+    # URL alone is no secret. 1-256 characters of A-Z, a-z, 0-9, _ and -.
+    secret_token: SecretStr | None = None
+    # ZHIBU_WEBHOOK__LISTEN_HOST / __LISTEN_PORT: where this process's HTTP server listens.
+    # Loopback by default: a reverse proxy terminates TLS in front of it; use 0.0.0.0 in a
+    # container.
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=0, le=65535)
+    # ZHIBU_WEBHOOK__PATH: the local path updates are posted to (the proxy maps the public
+    # URL onto it).
+    path: str = "/telegram"
+    # ZHIBU_WEBHOOK__SET_WEBHOOK: call setWebhook at start-up. Idempotent, so every worker
+    # may do it; turn it off where one deploy step registers the webhook instead.
+    set_webhook: bool = True
+    # ZHIBU_WEBHOOK__SERVE_WHEN_POLLING: while long polling, still serve /healthz and
+    # /metrics on the listen address. Off by default: a small single-process install
+    # needs no open port.
+    serve_when_polling: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _https_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        # Telegram itself insists on HTTPS; plain http is allowed for a local Bot API
+        # server (and the tests' fake).
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/") or value in ("/healthz", "/metrics"):
+            raise ValueError("must start with / and not be /healthz or /metrics")
+        return value
+
+    @field_validator("secret_token")
+    @classmethod
+    def _telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not _SECRET_TOKEN.match(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+
 class InviteSettings(BaseModel):
     ttl_hours: int = Field(default=72, gt=0, le=24 * 90)
     max_uses: int = Field(default=50, gt=0, le=10_000)
@@ -118,6 +181,7 @@ class Settings(BaseSettings):
     adapter: Literal["auto", "ptb", "aiogram", "console"] = "auto"
     database: DatabaseSettings = DatabaseSettings()
     telegram: TelegramSettings = TelegramSettings()
+    webhook: WebhookSettings = WebhookSettings()
     invite: InviteSettings = InviteSettings()
     notices: NoticeSettings = NoticeSettings()
     nudges: NudgeSettings = NudgeSettings()
@@ -187,6 +251,16 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(
             f"{ENV_PREFIX}TELEGRAM__TOKEN: required when {ENV_PREFIX}ADAPTER is {settings.adapter}"
         )
+    if settings.webhook.enabled:
+        if settings.webhook.secret_token is None:
+            raise ConfigError(
+                f"{ENV_PREFIX}WEBHOOK__SECRET_TOKEN: required when {ENV_PREFIX}WEBHOOK__URL is set"
+            )
+        if settings.resolved_adapter() not in ("ptb", "aiogram"):
+            raise ConfigError(
+                f"{ENV_PREFIX}WEBHOOK__URL: webhooks need a Telegram adapter "
+                f"({ENV_PREFIX}TELEGRAM__TOKEN and {ENV_PREFIX}ADAPTER ptb or aiogram)"
+            )
     database = make_url(settings.database.url)
     if database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:"):
         folder = Path(database.database).resolve().parent

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from bot.text import Rich
 
@@ -40,6 +40,7 @@ class TextMessage:
     text: str
     message_id: str | None = None
     private: bool = True
+    update_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class ButtonPress:
     press_id: str
     message_id: str | None = None
     private: bool = True
+    update_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class UnsupportedMessage:
     chat_id: str
     kind: str
     private: bool = True
+    update_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +86,49 @@ class PollAnswer:
     option_ids: tuple[int, ...]
     chat_id: str
     private: bool = True
+    update_id: str | None = None
 
 
 Event = TextMessage | ButtonPress | UnsupportedMessage | PollAnswer
 EventHandler = Callable[[Event], Awaitable[None]]
+
+# ``update_id`` on the events above: the platform's id of the update that carried the
+# event. Adapters set it only where the platform may deliver one update more than once
+# (webhooks are retried when they get no 2xx answer); the dispatcher then records it in the
+# event's transaction so that a repeat is recognised and changes nothing. Long polling
+# never repeats an update, so there it stays None and read-only commands keep their
+# lock-free path (see bot.routing.Dispatcher).
+
+
+# --- webhooks ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRegistration:
+    """How an adapter that receives updates by webhook tells the platform where to post.
+
+    ``register=False``: another process (or a deploy step) calls setWebhook; this one
+    only receives.
+    """
+
+    url: str
+    secret_token: str = field(repr=False)
+    register: bool = True
+
+
+@runtime_checkable
+class WebhookReceiver(Protocol):
+    """A :class:`Messenger` that can also take updates posted to a webhook.
+
+    The core's web server (:mod:`bot.web`) authenticates the request and hands over the
+    decoded JSON body; the adapter reads it with its own library and delivers the events
+    to the handler given to ``start``, as polling would.
+    """
+
+    async def feed_update(self, update: dict[str, Any]) -> None:
+        """Handle one update; returns once its event has been handled (committed and
+        replied to). Raises :class:`ValueError` for a body that is not an update."""
+        ...
 
 
 # --- outbound ---------------------------------------------------------------------

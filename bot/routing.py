@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot import handled_updates
 from bot.context import (
     Context,
     Document,
@@ -54,6 +56,15 @@ Handler = Callable[[Context], Awaitable[None]]
 Fallback = Callable[[Context], Awaitable[bool]]
 Renderer = Callable[[RenderContext], Awaitable[OutMessage | None]]
 JobHandler = Callable[[JobContext], Awaitable[None]]
+# Told how each event went and how long it took (bot.metrics counts them).
+Observer = Callable[[Event, str, float], None]
+
+# How an event went: handled (replies sent), a handler failed (rolled back, apologised),
+# a redelivered update ignored, or a group message turned away.
+HANDLED = "handled"
+FAILED = "failed"
+DUPLICATE = "duplicate"
+IN_GROUP = "group"
 
 # Longer texts are refused before any handler sees them: nobody types this much, and
 # it keeps pathological input away from parsers and the database.
@@ -242,8 +253,10 @@ class Dispatcher:
         sessionmaker: async_sessionmaker[AsyncSession],
         messenger: Messenger,
         read_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.router = router
+        self.observe = observe
         self.services = services
         self.sessionmaker = sessionmaker
         self.read_sessionmaker = read_sessionmaker
@@ -254,11 +267,15 @@ class Dispatcher:
 
     async def handle(self, event: Event) -> None:
         """Entry point for adapters. Never raises."""
+        started = time.perf_counter()
+        outcome = FAILED
         try:
-            await self._handle(event)
+            outcome = await self._handle(event)
         except Exception:
             log.exception("unhandled error for %s", type(event).__name__)
         finally:
+            if self.observe is not None:
+                self.observe(event, outcome, time.perf_counter() - started)
             async with self._progress:
                 self.handled += 1
                 self._progress.notify_all()
@@ -268,19 +285,22 @@ class Dispatcher:
         async with self._progress:
             await self._progress.wait_for(lambda: self.handled >= count)
 
-    async def _handle(self, event: Event) -> None:
+    async def _handle(self, event: Event) -> str:
         if not event.private:
-            await self._in_group(event)
-            return
+            return await self._in_group(event)
         ctx: Context | None = None
+        outcome = HANDLED
         try:
             ctx = await self._try_readonly(event)
             if ctx is None:
                 async with self.sessionmaker.begin() as session:
+                    if not await self._first_delivery(session, event):
+                        return DUPLICATE
                     ctx = await self._context(event, session)
                     await self._route(ctx)
         except Exception:
             log.exception("handler failed; transaction rolled back")
+            outcome = FAILED
             t = ctx.t if ctx is not None else self._guess_translator(event)
             # The failed attempt's session is gone; the apology needs none.
             failed = Context(event, None, self.services, t, self.services.clock.now())  # type: ignore[arg-type]
@@ -291,6 +311,16 @@ class Dispatcher:
         if ctx.created_deliveries and self.services.wake_sender is not None:
             self.services.wake_sender()
         await self._flush(ctx)
+        return outcome
+
+    async def _first_delivery(self, session: AsyncSession, event: Event) -> bool:
+        """Record an update that may be delivered again (see bot.handled_updates) in the
+        event's transaction; False if it was handled before. Events without an update id
+        (long polling) are always first deliveries."""
+        if event.update_id is None:
+            return True
+        now = self.services.clock.now()
+        return await handled_updates.claim(session, event.sender.platform, event.update_id, now)
 
     async def _try_readonly(self, event: Event) -> Context | None:
         """Handle a read-only command without a write transaction, if it turns out to
@@ -300,8 +330,18 @@ class Dispatcher:
         most traffic (/me, /help, lists) only reads. The read-only session cannot write
         (SQLite's query_only), so a handler that does write after all — an audit entry
         for a refusal, a first contact — fails here and is simply run again.
+
+        An event that may be a redelivery (it has an update id: it came by webhook) takes
+        the write path at once: only there can its id be recorded atomically with
+        handling it, and a read-only answer cannot tell a retry, or the same update at a
+        second worker, from the first delivery, so /help would be answered twice.
+        Polling never redelivers, so it keeps this path.
         """
-        if self.read_sessionmaker is None or not isinstance(event, TextMessage):
+        if (
+            self.read_sessionmaker is None
+            or not isinstance(event, TextMessage)
+            or event.update_id is not None
+        ):
             return None
         parsed = parse_command(event.text.strip())
         spec = self.router.commands.get(parsed[0]) if parsed else None
@@ -321,9 +361,13 @@ class Dispatcher:
                 raise
             return None
 
-    async def _in_group(self, event: Event) -> None:
+    async def _in_group(self, event: Event) -> str:
         """Groups see nothing: invites, rosters and joining are private matters, and a
         group chat id must never become someone's personal address."""
+        if event.update_id is not None:
+            async with self.sessionmaker.begin() as session:
+                if not await self._first_delivery(session, event):
+                    return DUPLICATE
         t = self._guess_translator(event)
         advice = t(N_("Please talk to me in a private chat; I don't act on group messages."))
         try:
@@ -333,6 +377,7 @@ class Dispatcher:
                 await self.messenger.send(event.chat_id, OutMessage(plain(advice)))
         except MessengerError as exc:
             log.info("could not answer in a group: %s", exc)
+        return IN_GROUP
 
     async def _context(
         self, event: Event, session: AsyncSession, *, readonly: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from adapters import telegram_html as tg
 from bot.config import Settings
 from bot.messenger import Messenger
 
@@ -19,6 +20,7 @@ def create(settings: Settings, *, on_close: Callable[[], None]) -> Messenger:
         token.get_secret_value(),
         settings.telegram.api_url,
         poll_timeout=settings.telegram.poll_timeout,
+        webhook=tg.webhook_registration(settings),
     )
 
 

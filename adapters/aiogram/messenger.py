@@ -45,8 +45,10 @@ from aiogram.types import (
     InlineKeyboardMarkup,
     Message,
     TelegramObject,
+    Update,
 )
 from aiogram.types import PollAnswer as TelegramPollAnswer
+from pydantic import ValidationError
 
 from adapters import telegram_html as tg
 from bot.messenger import (
@@ -60,6 +62,7 @@ from bot.messenger import (
     OutMessage,
     PollRef,
     SentRef,
+    WebhookRegistration,
 )
 from bot.text import plain, units
 
@@ -133,7 +136,9 @@ def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
 
 
 class AiogramMessenger:
-    """:class:`bot.messenger.Messenger` over aiogram 3, polling getUpdates.
+    """:class:`bot.messenger.Messenger` over aiogram 3, polling getUpdates or, given a
+    ``webhook``, receiving updates through :meth:`feed_update` (a
+    :class:`bot.messenger.WebhookReceiver`).
 
     Sending needs a running instance: the Bot (and its HTTP session) lives from
     :meth:`start` to :meth:`stop`.
@@ -145,6 +150,7 @@ class AiogramMessenger:
         api_url: str = "https://api.telegram.org",
         *,
         poll_timeout: float = 10.0,
+        webhook: WebhookRegistration | None = None,
     ) -> None:
         # aiogram speaks aiohttp, but anything on httpx in the same process (PTB, for
         # one) would log request URLs, which carry the token, at INFO.
@@ -153,6 +159,7 @@ class AiogramMessenger:
         self._token = token
         self._api_url = api_url.rstrip("/")
         self._poll_timeout = poll_timeout
+        self._webhook = webhook
         self._bot: Bot | None = None
         self._dispatcher: Dispatcher | None = None
         self._polling: asyncio.Task[None] | None = None
@@ -191,13 +198,20 @@ class AiogramMessenger:
             dispatcher.message.register(self._on_message)
             dispatcher.callback_query.register(self._on_callback)
             dispatcher.poll_answer.register(self._on_poll_answer)
+            self._dispatcher = dispatcher
+            if self._webhook is not None:
+                await self._register_webhook(bot, self._webhook)
+                return
+            with _port_errors():
+                # A webhook left from a webhook-mode run would make getUpdates fail with
+                # 409; PTB deletes it before polling, aiogram does not.
+                await bot.delete_webhook(drop_pending_updates=False)
             running = asyncio.Event()
 
             async def started() -> None:
                 running.set()
 
             dispatcher.startup.register(started)
-            self._dispatcher = dispatcher
             self._polling = asyncio.create_task(
                 dispatcher.start_polling(
                     bot,
@@ -218,6 +232,20 @@ class AiogramMessenger:
         except BaseException:
             await self.stop()
             raise
+
+    @staticmethod
+    async def _register_webhook(bot: Bot, webhook: WebhookRegistration) -> None:
+        if not webhook.register:
+            return
+        with _port_errors():
+            # Idempotent, so every worker may call it at start; pending updates are kept,
+            # since they are people's messages that have not been answered yet.
+            await bot.set_webhook(
+                url=webhook.url,
+                secret_token=webhook.secret_token,
+                allowed_updates=list(tg.ALLOWED_UPDATES),
+                drop_pending_updates=False,
+            )
 
     async def stop(self) -> None:
         bot, dispatcher, polling = self._bot, self._dispatcher, self._polling
@@ -249,12 +277,29 @@ class AiogramMessenger:
 
     # --- inbound ------------------------------------------------------------------
 
-    async def _on_message(self, message: Message) -> None:
+    async def feed_update(self, update: dict[str, Any]) -> None:
+        update_id = tg.webhook_update_id(update)
+        bot = self._bot_or_raise()
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            raise RuntimeError("AiogramMessenger is not started")
+        try:
+            parsed = Update.model_validate(update, context={"bot": bot})
+        except ValidationError as exc:
+            raise ValueError(f"not a Telegram update: {exc.error_count()} invalid fields") from exc
+        # Dispatcher.feed_update awaits the handlers, so this returns once the event has been
+        # handled, which is when the webhook may be answered. The id reaches the handlers
+        # as workflow data (aiogram passes what a handler's signature names).
+        await dispatcher.feed_update(bot, parsed, webhook_update_id=update_id)
+
+    async def _on_message(self, message: Message, webhook_update_id: int | None = None) -> None:
         event = tg.message_event(message)
         if event is not None:
-            await self._deliver(event, message.message_id)
+            await self._deliver(tg.with_update_id(event, webhook_update_id), message.message_id)
 
-    async def _on_callback(self, query: CallbackQuery) -> None:
+    async def _on_callback(
+        self, query: CallbackQuery, webhook_update_id: int | None = None
+    ) -> None:
         event = tg.press_event(query)
         if event is None:
             try:
@@ -262,12 +307,14 @@ class AiogramMessenger:
             except AiogramError as exc:
                 log.debug("could not answer callback query %s: %s", query.id, exc)
             return
-        await self._deliver(event, query.id)
+        await self._deliver(tg.with_update_id(event, webhook_update_id), query.id)
 
-    async def _on_poll_answer(self, answer: TelegramPollAnswer) -> None:
+    async def _on_poll_answer(
+        self, answer: TelegramPollAnswer, webhook_update_id: int | None = None
+    ) -> None:
         event = tg.poll_answer_event(answer)
         if event is not None:
-            await self._deliver(event, answer.poll_id)
+            await self._deliver(tg.with_update_id(event, webhook_update_id), answer.poll_id)
 
     async def _deliver(self, event: Event, origin: object) -> None:
         on_event = self._on_event

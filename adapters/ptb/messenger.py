@@ -50,6 +50,7 @@ from bot.messenger import (
     OutMessage,
     PollRef,
     SentRef,
+    WebhookRegistration,
 )
 from bot.text import plain, units
 
@@ -118,7 +119,9 @@ def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
 
 
 class PTBMessenger:
-    """:class:`bot.messenger.Messenger` over python-telegram-bot, polling getUpdates.
+    """:class:`bot.messenger.Messenger` over python-telegram-bot, polling getUpdates or,
+    given a ``webhook``, receiving updates through :meth:`feed_update` (a
+    :class:`bot.messenger.WebhookReceiver`).
 
     Sending needs a running instance: the Application (and its HTTP client) lives from
     :meth:`start` to :meth:`stop`.
@@ -130,6 +133,7 @@ class PTBMessenger:
         api_url: str = "https://api.telegram.org",
         *,
         poll_timeout: float = 10.0,
+        webhook: WebhookRegistration | None = None,
     ) -> None:
         # httpx logs each request URL at INFO, and the URL carries the bot token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -137,6 +141,7 @@ class PTBMessenger:
         self._token = token
         self._api_url = api_url.rstrip("/")
         self._poll_timeout = poll_timeout
+        self._webhook = webhook
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._on_event: EventHandler | None = None
         self._username: str | None = None
@@ -174,8 +179,13 @@ class PTBMessenger:
                 await app.initialize()
                 self._username = app.bot.username
                 await app.start()
+                if self._webhook is not None:
+                    await self._register_webhook(app, self._webhook)
+                    return
                 if app.updater is None:
                     raise RuntimeError("ApplicationBuilder made no Updater")
+                # Also deletes any webhook left from a webhook-mode run, which would make
+                # getUpdates fail with 409.
                 await app.updater.start_polling(
                     poll_interval=0,
                     timeout=dt.timedelta(seconds=tg.long_poll_seconds(self._poll_timeout)),
@@ -184,6 +194,21 @@ class PTBMessenger:
         except BaseException:
             await self._teardown(app)
             raise
+
+    @staticmethod
+    async def _register_webhook(
+        app: Application[Any, Any, Any, Any, Any, Any], webhook: WebhookRegistration
+    ) -> None:
+        if not webhook.register:
+            return
+        # Idempotent, so every worker may call it at start; pending updates are kept,
+        # since they are people's messages that have not been answered yet.
+        await app.bot.set_webhook(
+            url=webhook.url,
+            secret_token=webhook.secret_token,
+            allowed_updates=list(tg.ALLOWED_UPDATES),
+            drop_pending_updates=False,
+        )
 
     async def stop(self) -> None:
         app = self._app
@@ -210,6 +235,19 @@ class PTBMessenger:
 
     # --- inbound ------------------------------------------------------------------
 
+    async def feed_update(self, update: dict[str, Any]) -> None:
+        tg.webhook_update_id(update)
+        app = self._bot_app()
+        try:
+            parsed = Update.de_json(update, app.bot)
+        # de_json validates nothing up front, so a malformed field surfaces as whatever
+        # its parser trips over (AttributeError for a string where an object belongs...).
+        except Exception as exc:
+            raise ValueError(f"not a Telegram update: {exc}") from exc
+        # Runs the handlers inline: this returns once the event has been handled, which
+        # is when the webhook may be answered.
+        await app.process_update(parsed)
+
     async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         on_event = self._on_event
         if on_event is None:
@@ -228,6 +266,8 @@ class PTBMessenger:
             return
         if event is None:
             return
+        if self._webhook is not None:
+            event = tg.with_update_id(event, update.update_id)
         try:
             await on_event(event)
         except Exception:

@@ -775,3 +775,19 @@ class PointsSummary(Base):
     branch_id: Mapped[int] = mapped_column(ForeignKey("branch.id"), primary_key=True)
     day: Mapped[date] = mapped_column(primary_key=True)
     points: Mapped[int] = mapped_column(default=0)
+
+
+# --- updates received by webhook ---------------------------------------------------
+
+
+class HandledUpdate(Base):
+    """An update that arrived by webhook and was handled, written in the same transaction
+    as the handler's changes: a redelivery (Telegram retries a webhook that got no 2xx
+    answer, or two workers receive it) finds the row and changes nothing. Pruned after a
+    few days, by when Telegram has long stopped retrying (see bot.handled_updates)."""
+
+    __tablename__ = "handled_update"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    update_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    handled_at: Mapped[datetime] = mapped_column(index=True)

@@ -26,13 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http import HTTPStatus
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
 from multidict import MultiMapping
 
-__all__ = ["Call", "FakeTelegram"]
+__all__ = ["WEBHOOK_SECRET_HEADER", "Call", "FakeTelegram", "WebhookPost"]
 
 JSONDict = dict[str, Any]
 
@@ -95,6 +95,9 @@ _BOT_COMMAND_RE: Final = re.compile(r"[a-z0-9_]{1,32}\Z")
 # A "<" that does not open a complete tag. Telegram rejects it where browsers would
 # render it, which is the classic bug of interpolating unescaped text into HTML.
 _STRAY_LT_RE: Final = re.compile(r"<(?![A-Za-z/][^<>]*>)")
+# setWebhook secret_token: 1-256 characters of A-Z, a-z, 0-9, _ and -.
+_SECRET_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")
+WEBHOOK_SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
 
 _CHAT_ACTIONS: Final = _names(
     "typing upload_photo record_video upload_video record_voice upload_voice "
@@ -122,6 +125,16 @@ _TAG_ENTITIES: Final[dict[str, str]] = {
     "blockquote": "blockquote",
     "tg-emoji": "custom_emoji",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPost:
+    """One POST of an update to a bot's webhook, with the bot's answer."""
+
+    url: str
+    update_id: int
+    status: int
+    body: str
 
 
 @dataclass(slots=True)
@@ -455,6 +468,13 @@ class FakeTelegram:
         self._votes: dict[tuple[str, int], list[int]] = {}
         self._commands: dict[tuple[str, str], list[JSONDict]] = {}
 
+        # The parameters of the last setWebhook (None: no webhook, getUpdates works).
+        self.webhook: JSONDict | None = None
+        # Every POST of an update to a webhook, in the order they were answered.
+        self.webhook_posts: list[WebhookPost] = []
+        self._client: ClientSession | None = None
+        self._posted: dict[int, JSONDict] = {}
+
         self._faults: dict[str, list[_Fault]] = {}
         self._bot_rate: float | None = None
         self._chat_rate: float | None = None
@@ -467,6 +487,7 @@ class FakeTelegram:
             ("logOut", self._true),
             ("close", self._true),
             ("deleteWebhook", self._delete_webhook),
+            ("setWebhook", self._set_webhook),
             ("getWebhookInfo", self._get_webhook_info),
             ("getUpdates", None),  # asynchronous; handled in _handle
             ("sendMessage", self._send_message),
@@ -519,6 +540,9 @@ class FakeTelegram:
         self._new_update.set()  # pending long polls return at once
         runner, self._runner = self._runner, None
         await runner.cleanup()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
     async def __aenter__(self) -> FakeTelegram:
         await self.start()
@@ -715,6 +739,61 @@ class FakeTelegram:
         self._new_update.set()
         self._new_update = asyncio.Event()
         return update_id
+
+    # --- webhook delivery ------------------------------------------------------------
+
+    async def post_update(
+        self,
+        update_id: int,
+        *,
+        url: str | None = None,
+        secret_token: str | EllipsisType | None = ...,
+        timeout: float = 30.0,  # noqa: ASYNC109
+    ) -> WebhookPost:
+        """POST a queued (or already posted) update to a webhook, as Telegram does.
+
+        ``url`` defaults to the one registered with setWebhook, ``secret_token`` to the
+        registered secret (None: send no secret header). Like Telegram, a 2xx answer
+        takes the update off the queue; anything else leaves it there for another try.
+        Posting the same id again (or to another URL) redelivers the same update.
+        """
+        update = self._find_update(update_id)
+        registered = self.webhook or {}
+        target = url if url is not None else registered.get("url")
+        if not isinstance(target, str) or not target:
+            raise RuntimeError("no webhook URL: pass url= or let the bot call setWebhook")
+        secret = registered.get("secret_token") if secret_token is ... else secret_token
+        headers = {"Content-Type": "application/json"}
+        if secret is not None:
+            headers[WEBHOOK_SECRET_HEADER] = str(secret)
+        if self._client is None:
+            self._client = ClientSession()
+        body = json.dumps(update, ensure_ascii=False).encode()
+        async with self._client.post(
+            target, data=body, headers=headers, timeout=ClientTimeout(total=timeout)
+        ) as response:
+            post = WebhookPost(target, update_id, response.status, await response.text())
+        self.webhook_posts.append(post)
+        if 200 <= post.status < 300:
+            self._posted[update_id] = update
+            self._updates = collections.deque(
+                u for u in self._updates if u["update_id"] != update_id
+            )
+        return post
+
+    def queued_updates(self) -> list[JSONDict]:
+        """Updates neither confirmed through getUpdates nor accepted by a webhook yet,
+        oldest first."""
+        return list(self._updates)
+
+    def _find_update(self, update_id: int) -> JSONDict:
+        for update in self._updates:
+            if update["update_id"] == update_id:
+                return update
+        posted = self._posted.get(update_id)
+        if posted is None:
+            raise KeyError(f"no update {update_id} was queued")
+        return posted
 
     # --- what the bot did ---------------------------------------------------------------
 
@@ -1151,14 +1230,35 @@ class FakeTelegram:
     def _delete_webhook(self, params: JSONDict) -> bool:
         if params.get("drop_pending_updates") is True:
             self._updates.clear()
+        self.webhook = None
+        return True
+
+    def _set_webhook(self, params: JSONDict) -> bool:
+        url = params.get("url")
+        if not isinstance(url, str):
+            raise _error("Bad Request: bad webhook: an HTTPS URL must be provided for webhook")
+        if url == "":
+            # Telegram: an empty URL removes the webhook, like deleteWebhook.
+            return self._delete_webhook(params)
+        if not url.startswith(("https://", "http://")):
+            raise _error("Bad Request: bad webhook: an HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not _SECRET_TOKEN_RE.match(str(secret)):
+            raise _error("Bad Request: secret token contains unallowed characters")
+        if params.get("drop_pending_updates") is True:
+            self._updates.clear()
+        self.webhook = {key: value for key, value in params.items() if key != "certificate"}
         return True
 
     def _get_webhook_info(self, params: JSONDict) -> JSONDict:
-        return {
-            "url": "",
+        info: JSONDict = {
+            "url": self.webhook["url"] if self.webhook else "",
             "has_custom_certificate": False,
             "pending_update_count": len(self._updates),
         }
+        if self.webhook and self.webhook.get("allowed_updates") is not None:
+            info["allowed_updates"] = self.webhook["allowed_updates"]
+        return info
 
     def _drop_confirmed(self, offset: int) -> None:
         updates = self._updates
@@ -1173,6 +1273,12 @@ class FakeTelegram:
         self._confirmed_offset = max(self._confirmed_offset, confirmed)
 
     async def _get_updates(self, params: JSONDict) -> list[JSONDict]:
+        if self.webhook is not None:
+            raise _ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset = _int_param(params, "offset", 0)
         limit = min(max(_int_param(params, "limit", 100), 1), 100)
         timeout = min(max(_int_param(params, "timeout", 0), 0), MAX_LONG_POLL)
