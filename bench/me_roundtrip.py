@@ -5,9 +5,10 @@ Telegram user id in an SQLite database created by the project's migrations, and 
 with one ``sendMessage`` holding name, branch, role and joining date.
 
 floor
-    A bare ``telegram.ext.Application`` with one ``CommandHandler("me")`` that runs one
-    SELECT (member joined with its branch and identity) through SQLAlchemy's async ORM
-    session on aiosqlite, formats the answer by hand and sends it.
+    A bare ``telegram.ext.Application`` with one ``CommandHandler("me")`` that runs the
+    same three SELECTs (member joined with its branch and identity; the member's
+    activities this year; their points this year) through SQLAlchemy's async ORM session
+    on aiosqlite, formats the answer by hand and sends it.
 zhibu
     ``bot.app.App`` with the real ``PTBMessenger``: adapter → dispatcher (one transaction
     per event, identity lookup, role guard) → ``profile.me`` → outbox → ``sendMessage``.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from telegram import LinkPreviewOptions, Update
 from telegram.constants import ParseMode
@@ -36,7 +37,15 @@ from bot.app import App
 from bot.config import DEFAULT_CONTENT, Settings
 from bot.content import load_pack
 from bot.db import migrate
-from bot.db.models import Branch, Member, MemberIdentity, Organisation, Role
+from bot.db.models import (
+    Branch,
+    Member,
+    MemberIdentity,
+    Organisation,
+    Participation,
+    PointsAward,
+    Role,
+)
 from tests.fakes.telegram_api import FakeTelegram
 
 from .harness import (
@@ -235,6 +244,30 @@ _ME_QUERY = (
 )
 
 
+_YEAR_QUERY = (
+    select(Participation.kind, Participation.status, Participation.title, Participation.closes_at)
+    .where(
+        Participation.member_id == bindparam("member"),
+        Participation.activity_at >= bindparam("start"),
+        Participation.activity_at < bindparam("end"),
+    )
+    .order_by(Participation.closes_at)
+)
+_POINTS_QUERY = select(func.sum(PointsAward.points)).where(
+    PointsAward.member_id == bindparam("member"),
+    PointsAward.awarded_at >= bindparam("start"),
+    PointsAward.awarded_at < bindparam("end"),
+)
+
+
+def _year(tz: ZoneInfo) -> tuple[datetime, datetime]:
+    this_year = datetime.now(tz).year
+    return (
+        datetime(this_year, 1, 1, tzinfo=tz).astimezone(UTC),
+        datetime(this_year + 1, 1, 1, tzinfo=tz).astimezone(UTC),
+    )
+
+
 def _floor_handler(
     sessionmaker: async_sessionmaker[AsyncSession], timezone: str
 ) -> Callable[[Update, ContextTypes.DEFAULT_TYPE], Any]:
@@ -247,6 +280,17 @@ def _floor_handler(
         async with sessionmaker() as session:
             result = await session.execute(_ME_QUERY, {"user_id": str(user.id)})
             row = result.one_or_none()
+            if row is not None:
+                # The same reads /me makes for "this year": the member's activities and
+                # points (none in this database, but the queries run all the same).
+                year = _year(tz)
+                activities = await session.execute(
+                    _YEAR_QUERY, {"member": row.id, "start": year[0], "end": year[1]}
+                )
+                open_items = [a for a in activities if a.status == "due"]
+                points = await session.scalar(
+                    _POINTS_QUERY, {"member": row.id, "start": year[0], "end": year[1]}
+                )
         if row is None:
             reply = "您还没有加入。"
         else:
@@ -258,6 +302,9 @@ def _floor_handler(
                     f"角色：{_ROLE_NAMES.get(row.role, row.role)}",
                     f"加入日期：{day.year}年{day.month}月{day.day}日",
                     f"成员编号：#{row.id}",
+                    "",
+                    f"今年积分：{points or 0}",
+                    f"待您完成：{len(open_items)}" if open_items else "目前没有待您完成的事项。",
                 ]
             )
         # The same call Zhibu makes: HTML parse mode, no link previews.
