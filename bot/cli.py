@@ -8,20 +8,23 @@ import getpass
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import typer
 from alembic.util import CommandError
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from bot.content import ContentError, ContentProblems, Pack, load_pack, sync_pack
 from bot.db import migrate
 from bot.db.engine import create_engine, create_sessionmaker
-from bot.db.models import AuditLog
+from bot.db.models import AuditLog, Organisation
+from bot.i18n import LANGUAGES
 from bot.materials import load_materials
 from bot.messenger import MessengerError, TransientFailure
 from bot.oaths import load_oath_pack
@@ -34,6 +37,7 @@ from bot.quizbank import (
     read_spreadsheet,
     store_bank,
 )
+from bot.stats.model import BranchStats, Period, StatsTable
 
 T = TypeVar("T")
 
@@ -308,6 +312,245 @@ async def _import_bank(
             return result
     finally:
         await engine.dispose()
+
+
+@app.command("export")
+def export(
+    period: Annotated[
+        str | None,
+        typer.Argument(
+            help="2026-11, 2026Q4, 2026 or 2026-09-01..2026-11-30 (default: this month)."
+        ),
+    ] = None,
+    branch: Annotated[
+        str | None, typer.Option("--branch", help="Only this branch (its code in the pack).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="The workbook to write (default: zhibu-PERIOD.xlsx)."),
+    ] = None,
+    language: Annotated[
+        str, typer.Option("--language", help="Language of the headers: zh_CN or en.")
+    ] = "zh_CN",
+) -> None:
+    """Write participation stats for a period to an XLSX workbook: a summary, a sheet per
+    activity kind with a row per member, and points."""
+    settings = _settings()
+    if language not in LANGUAGES:
+        _fail("Cannot export:", f"--language must be one of {', '.join(LANGUAGES)}", code=2)
+    try:
+        pack = load_pack(settings.content_path)
+    except ContentError as exc:
+        _fail("Invalid content:", str(exc))
+
+    async def revision() -> str | None:
+        engine = create_engine(settings.database.url)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    current, head = _database(revision, settings), migrate.head_revision()
+    if current != head:
+        state = "has no schema" if current is None else f"is at schema {current}, not {head}"
+        _fail("Cannot export:", f"the database {state}; run `zhibu db upgrade` first", settings)
+    request = _ExportRequest(pack.spec.organisation.code, period, branch, output, language)
+    try:
+        written = asyncio.run(_export(settings, request))
+    except _ExportRefused as exc:
+        _fail("Cannot export:", str(exc), settings, code=2)
+    except Exception as exc:
+        _fail("Cannot export:", _explain(exc, settings), settings)
+    typer.echo(f"{written.path}: {written.rows} activity rows, period {written.period}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExportRequest:
+    organisation: str
+    period: str | None
+    branch: str | None
+    output: Path | None
+    language: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exported:
+    path: Path
+    rows: int
+    period: str
+
+
+class _ExportRefused(Exception):
+    """Bad input to ``zhibu export``: one line for the terminal."""
+
+
+async def _export(settings: Settings, request: _ExportRequest) -> _Exported:
+    from zoneinfo import ZoneInfo
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from sqlalchemy import func, select
+
+    from bot.db.models import Branch, Organisation, Participation
+    from bot.i18n import translator
+    from bot.stats.export import export_workbook
+
+    engine = create_engine(settings.database.url)
+    try:
+        sessions = create_sessionmaker(engine)
+        async with sessions() as session:
+            org = await session.scalar(
+                select(Organisation).where(Organisation.code == request.organisation)
+            )
+            if org is None:
+                raise _ExportRefused(
+                    f"organisation {request.organisation} is not in the database; run `zhibu run` once"
+                )
+            zone = ZoneInfo(org.timezone)
+            try:
+                period = _parse_period(request.period, datetime.now(zone).date(), zone)
+            except ValueError as exc:
+                raise _ExportRefused(str(exc)) from None
+            branch_ids: list[int] | None = None
+            if request.branch is not None:
+                branch_id = await session.scalar(
+                    select(Branch.id).where(
+                        Branch.organisation_id == org.id, Branch.code == request.branch
+                    )
+                )
+                if branch_id is None:
+                    raise _ExportRefused(f"no branch with code {request.branch!r}")
+                branch_ids = [branch_id]
+            count = select(func.count()).where(
+                Participation.organisation_id == org.id,
+                Participation.activity_at >= period.starts_at,
+                Participation.activity_at < period.ends_at,
+            )
+            if branch_ids is not None:
+                count = count.where(Participation.branch_id.in_(branch_ids))
+            total = await session.scalar(count) or 0
+            t = translator(request.language, org.timezone)
+            table = await _summary_table(session, org, period, branch_ids, request.language)
+        path = request.output or Path(f"zhibu-{period.label}.xlsx")
+        with Progress(
+            *Progress.get_default_columns()[:1],
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("rows", total=total)
+            await export_workbook(
+                sessions,
+                organisation_id=org.id,
+                period=period,
+                branch_ids=branch_ids,
+                path=path,
+                t=t,
+                zone=zone,
+                table=table,
+                progress=lambda rows: bar.update(task, completed=rows),
+            )
+        return _Exported(path, total, period.label)
+    finally:
+        await engine.dispose()
+
+
+# TEMPORARY, until bot.stats.period and bot.stats.figures (the lead's) are on this
+# branch: use them when they can be imported, else the placeholders below. Replace both
+# helpers with direct calls at merge.
+def _parse_period(text: str | None, today: date, zone: ZoneInfo) -> Period:
+    import importlib
+
+    try:
+        parse = importlib.import_module("bot.stats.period").parse_period
+    except ModuleNotFoundError:
+        return _placeholder_period(text, today, zone)
+    period: Period = parse(text, today=today, zone=zone)
+    return period
+
+
+def _placeholder_period(text: str | None, today: date, zone: ZoneInfo) -> Period:
+    """PLACEHOLDER: 2026-11, 2026 or 2026-09-01..2026-11-30; empty is this month."""
+    import re
+    from datetime import time, timedelta
+
+    raw = (text or "").strip() or f"{today.year}-{today.month:02d}"
+    try:
+        if match := re.fullmatch(r"(\d{4})-(\d{1,2})", raw):
+            year, month = int(match[1]), int(match[2])
+            first = date(year, month, 1)
+            last = date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)
+        elif re.fullmatch(r"\d{4}", raw):
+            first, last = date(int(raw), 1, 1), date(int(raw), 12, 31)
+        elif match := re.fullmatch(r"(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})", raw):
+            first, last = date.fromisoformat(match[1]), date.fromisoformat(match[2])
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{raw}: not a period (write 2026-11, 2026 or 2026-09-01..2026-11-30)"
+        ) from None
+    if last < first:
+        raise ValueError(f"{raw}: the end is before the start")
+    starts = datetime.combine(first, time(), zone).astimezone(UTC)
+    ends = datetime.combine(last + timedelta(days=1), time(), zone).astimezone(UTC)
+    return Period(raw, first, last, starts, ends)
+
+
+async def _summary_table(
+    session: AsyncSession,
+    org: Organisation,
+    period: Period,
+    branch_ids: list[int] | None,
+    language: str,
+) -> StatsTable:
+    import importlib
+
+    english = language == "en"
+    name = org.name_en if english and org.name_en else org.name
+    try:
+        figures = importlib.import_module("bot.stats.figures")
+    except ModuleNotFoundError:
+        return await _placeholder_table(session, org.id, name, period, branch_ids, english)
+    names = await figures.branch_names(session, org.id, english)
+    table: StatsTable = await figures.stats_table(
+        session,
+        organisation_id=org.id,
+        organisation_name=name,
+        period=period,
+        branch_ids=branch_ids,
+        names=names,
+    )
+    return table
+
+
+async def _placeholder_table(
+    session: AsyncSession,
+    organisation_id: int,
+    name: str,
+    period: Period,
+    branch_ids: list[int] | None,
+    english: bool,
+) -> StatsTable:
+    """PLACEHOLDER: the branches with no figures, until the lead's stats_table lands."""
+    from sqlalchemy import select
+
+    from bot.db.models import Branch
+
+    query = (
+        select(Branch)
+        .where(Branch.organisation_id == organisation_id, Branch.active)
+        .order_by(Branch.position, Branch.id)
+    )
+    if branch_ids is not None:
+        query = query.where(Branch.id.in_(branch_ids))
+    rows = tuple(
+        BranchStats(b.id, (b.name_en if english and b.name_en else b.name), 0)
+        for b in await session.scalars(query)
+    )
+    total = BranchStats(None, name, 0) if branch_ids is None else None
+    return StatsTable(name, period, rows, total)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ size its columns.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -289,12 +290,27 @@ def write_workbook(
     every few thousand and at the end. Times are shown in ``zone`` (default: the
     translator's)."""
     workbook = Workbook(write_only=True)
-    sheets = [_summary(workbook, table, t)]
-    kinds, written = _activities(workbook, activities, t, zone or t.tz, progress)
-    sheets += [*kinds, _points(workbook, points, t)]
-    # Continuation sheets are created when a sheet fills up, after the others; each
-    # goes right after the sheet it continues.
-    workbook._sheets = [ws for sheet in sheets for ws in sheet.sheets]
-    if progress is not None:
-        progress(written)
-    workbook.save(str(path))
+    try:
+        sheets = [_summary(workbook, table, t)]
+        kinds, written = _activities(workbook, activities, t, zone or t.tz, progress)
+        sheets += [*kinds, _points(workbook, points, t)]
+        # Continuation sheets are created when a sheet fills up, after the others; each
+        # goes right after the sheet it continues.
+        workbook._sheets = [ws for sheet in sheets for ws in sheet.sheets]
+        if progress is not None:
+            progress(written)
+        workbook.save(str(path))
+    except BaseException:
+        _discard(workbook)
+        raise
+
+
+def _discard(workbook: Workbook) -> None:
+    """Close and delete a failed workbook's sheet files now: left to the garbage
+    collector, their half-written XML raises errors nobody can catch."""
+    for ws in workbook.worksheets:
+        with contextlib.suppress(Exception):
+            if not ws.closed:
+                ws.close()
+        with contextlib.suppress(Exception):
+            ws._writer.cleanup()
