@@ -2,9 +2,9 @@
 
 One summary sheet (a row per branch and the organisation's total, rates beside the
 counts they are made of), one sheet per activity kind (a row per member and activity)
-and a points sheet. Rows are streamed into a write-only workbook, so a year of a large
-organisation never sits in memory: only the first rows of each sheet are held back, to
-size its columns.
+and a points sheet. Activity rows are streamed through to disk as they come, so a year
+of a large organisation never sits in memory (see :class:`_RawSheet` for how they are
+written fast); only the first rows of each sheet are kept, to size its columns.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _shown(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return "2026-01-01 00:00"
+        return "2026-01-01 00:00"  # as WHEN shows it
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)
@@ -92,70 +92,43 @@ def _cell(ws: WriteOnlyWorksheet, value: Any, number_format: str) -> Cell:
 
 
 class _Sheet:
-    """A write-only sheet with a styled, frozen, filterable header, whose column widths
-    come from the header and the first rows. Continues on a new sheet at Excel's row
-    limit."""
+    """A small write-only sheet (the summary): styled, frozen, filterable header, and
+    columns as wide as their widest value."""
 
     def __init__(self, workbook: Workbook, title: str, headers: Sequence[str]) -> None:
-        self.workbook = workbook
-        self.title = title
-        self.headers = list(headers)
-        self.sheets: list[WriteOnlyWorksheet] = []
-        self.ws = self._new_sheet(title)
-        self.pending: list[Sequence[Any]] | None = []
-        self.widths = [columns(h) for h in self.headers]
-        self.rows = 0  # on the current sheet
-        self.total = 0
-
-    def _new_sheet(self, title: str) -> WriteOnlyWorksheet:
-        ws = self.workbook.create_sheet(title[:31])
+        ws = workbook.create_sheet(title[:31])
         assert isinstance(ws, WriteOnlyWorksheet)
-        # Both must be set before the first row: write-only sheets write their head then.
-        ws.freeze_panes = "A2"
-        self.sheets.append(ws)
-        return ws
+        self.ws = ws
+        self.sheets = [ws]
+        self.headers = list(headers)
+        self.rows: list[Sequence[Any]] = []
 
     def append(self, row: Sequence[Any]) -> None:
-        if self.pending is not None:
-            self.pending.append(row)
-            for i, value in enumerate(row):
-                raw = value.value if isinstance(value, Cell) else value
-                self.widths[i] = max(self.widths[i], columns(_shown(raw)))
-            if len(self.pending) >= SAMPLE_ROWS:
-                self._start()
-            return
-        if self.rows >= MAX_DATA_ROWS:
-            self._finish_sheet()
-            self.ws = self._new_sheet(f"{self.title[:26]} ({len(self.sheets) + 1})")
-            self._write_header()
-        self.ws.append(row)
-        self.rows += 1
-        self.total += 1
-
-    def _write_header(self) -> None:
-        for i, width in enumerate(self.widths, 1):
-            # Excel's width unit is about one Latin character; two for a Chinese one,
-            # counted in columns() already, plus a little room for the filter button.
-            self.ws.column_dimensions[get_column_letter(i)].width = min(
-                max(width + 3, MIN_WIDTH), MAX_WIDTH
-            )
-        self.ws.append([_header(self.ws, h) for h in self.headers])
-        self.rows = 0
-
-    def _start(self) -> None:
-        pending, self.pending = self.pending or [], None
-        self._write_header()
-        for row in pending:
-            self.append(row)
-
-    def _finish_sheet(self) -> None:
-        last = get_column_letter(len(self.headers))
-        self.ws.auto_filter.ref = f"A1:{last}{self.rows + 1}"
+        self.rows.append(row)
 
     def close(self) -> None:
-        if self.pending is not None:
-            self._start()
-        self._finish_sheet()
+        ws = self.ws
+        # Write-only sheets write their head with the first row: set all of it first.
+        ws.freeze_panes = "A2"
+        _set_widths(ws, self.headers, self.rows)
+        ws.auto_filter.ref = f"A1:{get_column_letter(len(self.headers))}{len(self.rows) + 1}"
+        ws.append([_header(ws, h) for h in self.headers])
+        for row in self.rows:
+            ws.append(row)
+
+
+def _set_widths(
+    ws: WriteOnlyWorksheet, headers: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    widths = [columns(h) for h in headers]
+    for row in rows:
+        for i, value in enumerate(row):
+            raw = value.value if isinstance(value, Cell) else value
+            widths[i] = max(widths[i], columns(_shown(raw)))
+    for i, width in enumerate(widths, 1):
+        # Excel's width unit is about one Latin character; two for a Chinese one,
+        # counted in columns() already, plus a little room for the filter button.
+        ws.column_dimensions[get_column_letter(i)].width = min(max(width + 3, MIN_WIDTH), MAX_WIDTH)
 
 
 class _RawSheet:
@@ -177,8 +150,7 @@ class _RawSheet:
         self.headers = list(headers)
         self.zone = zone
         self.sheets: list[WriteOnlyWorksheet] = []
-        self.widths = [columns(h) for h in self.headers]
-        self.seen = 0  # rows looked at for widths
+        self.sample: list[Sequence[Any]] = []  # the first rows, to size the columns
         self._text: dict[str, str] = {}
         self._last_when: datetime | None = None
         self._last_cell = ""
@@ -234,10 +206,8 @@ class _RawSheet:
         if self.rows >= MAX_DATA_ROWS:
             self._finish()
             self._begin(f"{self.title[:26]} ({len(self.sheets) + 1})")
-        if self.seen < SAMPLE_ROWS:
-            self.seen += 1
-            for i, value in enumerate(row):
-                self.widths[i] = max(self.widths[i], columns(_shown(value)))
+        if len(self.sample) < SAMPLE_ROWS:
+            self.sample.append(row)
         self.rows += 1
         cells = "".join(
             "<c/>"
@@ -258,10 +228,8 @@ class _RawSheet:
         if self.rows >= MAX_DATA_ROWS:
             self._finish()
             self._begin(f"{self.title[:26]} ({len(self.sheets) + 1})")
-        if self.seen < SAMPLE_ROWS:
-            self.seen += 1
-            for i, value in enumerate(row):
-                self.widths[i] = max(self.widths[i], columns(_shown(value)))
+        if len(self.sample) < SAMPLE_ROWS:
+            self.sample.append(row)
         branch, member, title, at, status, done_at, score, passed, excellent = row
         text = self._cell_text
         self.rows += 1
@@ -283,10 +251,7 @@ class _RawSheet:
         self._batch.clear()
         self._out.close()
         ws = self.ws
-        for i, width in enumerate(self.widths, 1):
-            ws.column_dimensions[get_column_letter(i)].width = min(
-                max(width + 3, MIN_WIDTH), MAX_WIDTH
-            )
+        _set_widths(ws, self.headers, self.sample)
         ws.auto_filter.ref = f"A1:{get_column_letter(len(self.headers))}{self.rows + 1}"
         ws.append([_header(ws, h) for h in self.headers])
         ws.close()
