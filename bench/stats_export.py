@@ -28,7 +28,7 @@ from openpyxl import Workbook  # type: ignore[import-untyped]
 from sqlalchemy import insert
 
 from bot.db import migrate
-from bot.db.engine import create_engine, create_sessionmaker
+from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import (
     ActivityKind,
     Branch,
@@ -265,7 +265,7 @@ async def bench_database(url: str | None, members: int, folder: Path) -> None:
     started = time.perf_counter()
     org_id = await _fill(url, members)
     print(f"database ({url.split('://')[0]}): filled in {time.perf_counter() - started:.0f} s")
-    engine = create_engine(url)
+    engine = create_read_engine(url) or create_engine(url)
     try:
         rows: list[int] = []
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from bot.content import ContentError, ContentProblems, Pack, load_pack, sync_pack
 from bot.db import migrate
-from bot.db.engine import create_engine, create_sessionmaker
+from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
 from bot.db.models import AuditLog, Organisation
 from bot.i18n import LANGUAGES
 from bot.materials import load_materials
@@ -394,7 +394,9 @@ async def _export(settings: Settings, request: _ExportRequest) -> _Exported:
     from bot.i18n import translator
     from bot.stats.export import export_workbook
 
-    engine = create_engine(settings.database.url)
+    # On SQLite, a read-only engine: a normal session would hold the write lock (BEGIN
+    # IMMEDIATE) for the whole export and stall the running bot.
+    engine = create_read_engine(settings.database.url) or create_engine(settings.database.url)
     try:
         sessions = create_sessionmaker(engine)
         async with sessions() as session:

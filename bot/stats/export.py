@@ -172,7 +172,12 @@ async def export_workbook(
 ) -> Path:
     """Write the export to ``path`` and return it. ``table`` is the summary (the stats
     table for the same period and branches). ``progress`` is called from the writer's
-    thread with the number of activity rows written."""
+    thread with the number of activity rows written.
+
+    On SQLite pass sessions of :func:`bot.db.engine.create_read_engine`: the reading
+    lasts as long as the writing, and a normal session would hold the write lock
+    throughout.
+    """
     async with session_factory() as session:
         points = [
             row
