@@ -30,7 +30,7 @@ from bot.messenger import (
     UnsupportedMessage,
     WebhookRegistration,
 )
-from bot.text import Rich, Style, units
+from bot.text import Rich, Style, plain, units
 
 PLATFORM = "telegram"
 
@@ -464,3 +464,24 @@ def webhook_registration(settings: Settings) -> WebhookRegistration | None:
     return WebhookRegistration(
         webhook.url, webhook.secret_token.get_secret_value(), register=webhook.set_webhook
     )
+
+
+# Telegram's limits for a photo: its caption in UTF-16 code units, and the upload size.
+MAX_PHOTO_CAPTION = 1024
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+
+
+def photo_caption(image: bytes, caption: str | None) -> str | None:
+    """Check a photo before any call: there is an image within Telegram's size limit
+    and the caption fits; returns the caption as HTML (escaped plain text)."""
+    if not image:
+        raise MessengerError("no image to send")
+    if len(image) > MAX_PHOTO_BYTES:
+        raise MessengerError(f"image is {len(image)} bytes, over the limit of {MAX_PHOTO_BYTES}")
+    if not caption:
+        return None
+    if units(caption) > MAX_PHOTO_CAPTION:
+        raise MessengerError(
+            f"caption is {units(caption)} units, over the limit of {MAX_PHOTO_CAPTION}"
+        )
+    return render(plain(caption))

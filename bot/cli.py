@@ -11,19 +11,22 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import typer
 from alembic.util import CommandError
 from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import logs
 from bot.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from bot.content import ContentError, ContentProblems, Pack, load_pack, sync_pack
 from bot.db import backup, migrate
-from bot.db.engine import create_engine, create_sessionmaker
-from bot.db.models import AuditLog
+from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
+from bot.db.models import AuditLog, Organisation
+from bot.i18n import LANGUAGES
 from bot.materials import load_materials
 from bot.messenger import MessengerError, TransientFailure
 from bot.oaths import load_oath_pack
@@ -36,6 +39,9 @@ from bot.quizbank import (
     read_spreadsheet,
     store_bank,
 )
+from bot.stats import figures
+from bot.stats.model import Period, StatsTable
+from bot.stats.period import parse_period
 
 T = TypeVar("T")
 
@@ -403,6 +409,169 @@ async def _import_bank(
             return result
     finally:
         await engine.dispose()
+
+
+@app.command("export")
+def export(
+    period: Annotated[
+        str | None,
+        typer.Argument(
+            help="2026-11, 2026Q4, 2026 or 2026-09-01..2026-11-30 (default: this month)."
+        ),
+    ] = None,
+    branch: Annotated[
+        str | None, typer.Option("--branch", help="Only this branch (its code in the pack).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="The workbook to write (default: zhibu-PERIOD.xlsx)."),
+    ] = None,
+    language: Annotated[
+        str, typer.Option("--language", help="Language of the headers: zh_CN or en.")
+    ] = "zh_CN",
+) -> None:
+    """Write participation stats for a period to an XLSX workbook: a summary, a sheet per
+    activity kind with a row per member, and points."""
+    settings = _settings()
+    if language not in LANGUAGES:
+        _fail("Cannot export:", f"--language must be one of {', '.join(LANGUAGES)}", code=2)
+    try:
+        pack = load_pack(settings.content_path)
+    except ContentError as exc:
+        _fail("Invalid content:", str(exc))
+
+    async def revision() -> str | None:
+        engine = create_engine(settings.database.url)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    current, head = _database(revision, settings), migrate.head_revision()
+    if current != head:
+        state = "has no schema" if current is None else f"is at schema {current}, not {head}"
+        _fail("Cannot export:", f"the database {state}; run `zhibu db upgrade` first", settings)
+    request = _ExportRequest(pack.spec.organisation.code, period, branch, output, language)
+    try:
+        written = asyncio.run(_export(settings, request))
+    except _ExportRefused as exc:
+        _fail("Cannot export:", str(exc), settings, code=2)
+    except Exception as exc:
+        _fail("Cannot export:", _explain(exc, settings), settings)
+    typer.echo(f"{written.path}: {written.rows} activity rows, period {written.period}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExportRequest:
+    organisation: str
+    period: str | None
+    branch: str | None
+    output: Path | None
+    language: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exported:
+    path: Path
+    rows: int
+    period: str
+
+
+class _ExportRefused(Exception):
+    """Bad input to ``zhibu export``: one line for the terminal."""
+
+
+async def _export(settings: Settings, request: _ExportRequest) -> _Exported:
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from sqlalchemy import func, select
+
+    from bot.db.models import Branch, Organisation, Participation
+    from bot.i18n import translator
+    from bot.stats.export import export_workbook
+
+    # On SQLite, a read-only engine: a normal session would hold the write lock (BEGIN
+    # IMMEDIATE) for the whole export and stall the running bot.
+    engine = create_read_engine(settings.database.url) or create_engine(settings.database.url)
+    try:
+        sessions = create_sessionmaker(engine)
+        async with sessions() as session:
+            org = await session.scalar(
+                select(Organisation).where(Organisation.code == request.organisation)
+            )
+            if org is None:
+                raise _ExportRefused(
+                    f"organisation {request.organisation} is not in the database; run `zhibu run` once"
+                )
+            zone = ZoneInfo(org.timezone)
+            try:
+                period = parse_period(request.period, today=datetime.now(zone).date(), zone=zone)
+            except ValueError as exc:
+                raise _ExportRefused(str(exc)) from None
+            branch_ids: list[int] | None = None
+            if request.branch is not None:
+                branch_id = await session.scalar(
+                    select(Branch.id).where(
+                        Branch.organisation_id == org.id, Branch.code == request.branch
+                    )
+                )
+                if branch_id is None:
+                    raise _ExportRefused(f"no branch with code {request.branch!r}")
+                branch_ids = [branch_id]
+            count = select(func.count()).where(
+                Participation.organisation_id == org.id,
+                Participation.activity_at >= period.starts_at,
+                Participation.activity_at < period.ends_at,
+            )
+            if branch_ids is not None:
+                count = count.where(Participation.branch_id.in_(branch_ids))
+            total = await session.scalar(count) or 0
+            t = translator(request.language, org.timezone)
+            table = await _summary_table(session, org, period, branch_ids, request.language)
+        path = request.output or Path(f"zhibu-{period.label}.xlsx")
+        with Progress(
+            *Progress.get_default_columns()[:1],
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("rows", total=total)
+            await export_workbook(
+                sessions,
+                organisation_id=org.id,
+                period=period,
+                branch_ids=branch_ids,
+                path=path,
+                t=t,
+                zone=zone,
+                table=table,
+                progress=lambda rows: bar.update(task, completed=rows),
+            )
+        return _Exported(path, total, period.label)
+    finally:
+        await engine.dispose()
+
+
+async def _summary_table(
+    session: AsyncSession,
+    org: Organisation,
+    period: Period,
+    branch_ids: list[int] | None,
+    language: str,
+) -> StatsTable:
+    english = language == "en"
+    name = org.name_en if english and org.name_en else org.name
+    names = await figures.branch_names(session, org.id, english)
+    return await figures.stats_table(
+        session,
+        organisation_id=org.id,
+        organisation_name=name,
+        period=period,
+        branch_ids=branch_ids,
+        names=names,
+    )
 
 
 def main() -> None:

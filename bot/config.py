@@ -168,6 +168,25 @@ class NudgeSettings(BaseModel):
     holiday_country: str = "CN"
 
 
+class ChartSettings(BaseModel):
+    # A CJK font file for charts, instead of the one the mplfonts package ships; e.g.
+    # /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc in a container.
+    font_path: Path | None = None
+
+    @field_validator("font_path", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # ZHIBU_CHARTS__FONT_PATH= (as in the example file) means the bundled font.
+        return None if value == "" else value
+
+    @field_validator("font_path")
+    @classmethod
+    def _font_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a font file")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -185,6 +204,7 @@ class Settings(BaseSettings):
     invite: InviteSettings = InviteSettings()
     notices: NoticeSettings = NoticeSettings()
     nudges: NudgeSettings = NudgeSettings()
+    charts: ChartSettings = ChartSettings()
     content_path: Path = DEFAULT_CONTENT
     # Messenger identities that become admins on first contact, as "platform:user_id",
     # e.g. ["telegram:123456789"]. The console's default user is "admin".

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
 from bot.db.models import AuditLog, Broadcast, Conversation, DueJob, Member, MemberIdentity
-from bot.i18n import Translator, translator
+from bot.i18n import N_, Translator, translator
 from bot.messenger import (
     Button,
     ButtonPress,
@@ -122,7 +122,18 @@ class Document:
     caption: str | None = None
 
 
-Outgoing = Reply | Edit | MenuUpdate | QuizPoll | Document
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """Send an image to be shown inline (where ``capabilities.photos``; otherwise as a
+    document where the messenger has documents)."""
+
+    chat_id: str
+    image: bytes
+    caption: str | None = None
+    filename: str = "chart.png"
+
+
+Outgoing = Reply | Edit | MenuUpdate | QuizPoll | Document | Photo
 
 
 class NeedsWrite(Exception):
@@ -227,6 +238,18 @@ class Context:
         """Send a file to this chat after the commit; check ``capabilities.documents``
         first (where it is False nothing is sent)."""
         self.outbox.append(Document(self.chat_id, path, caption))
+
+    def photo(
+        self, image: bytes, *, caption: str | None = None, filename: str = "chart.png"
+    ) -> None:
+        """Send an image (a chart) to this chat after the commit: as a photo, or as a
+        document where the messenger shows no photos, or else a note saying so."""
+        capabilities = self.services.capabilities
+        if capabilities.photos or capabilities.documents:
+            self.outbox.append(Photo(self.chat_id, image, caption, filename))
+            return
+        note = self.t(N_("(A chart goes here, but this messenger cannot show images.)"))
+        self.reply(f"{caption}\n{note}" if caption else note)
 
     def show(self, text: Rich | str, buttons: Sequence[Sequence[Button]] = ()) -> None:
         """Update the message whose button was pressed, where the messenger can edit;

@@ -257,6 +257,23 @@ class Messenger(Protocol):
         """
         ...
 
+    async def send_photo(
+        self,
+        chat_id: str,
+        image: bytes,
+        *,
+        caption: str | None = None,
+        filename: str = "chart.png",
+    ) -> SentRef:
+        """Send an image (PNG or JPEG bytes) to be shown inline, with an optional
+        plain-text caption (at most 1024 characters as Telegram counts them; longer
+        raises :class:`MessengerError` before anything is sent).
+
+        Adapters without ``capabilities.photos`` raise :class:`MessengerError`; the core
+        (``Context.photo``) falls back to a document or a text note.
+        """
+        ...
+
     async def send_quiz_poll(
         self,
         chat_id: str,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -29,6 +31,7 @@ from bot.context import (
     JobContext,
     MenuUpdate,
     NeedsWrite,
+    Photo,
     QuizPoll,
     RenderContext,
     Reply,
@@ -579,6 +582,8 @@ class Dispatcher:
                     await self.messenger.send_document(
                         item.chat_id, item.path, caption=item.caption
                     )
+                elif isinstance(item, Photo):
+                    await self._send_photo(item)
             except MessengerError as exc:
                 log.warning(
                     "could not deliver %s to %s: %s", type(item).__name__, item.chat_id, exc
@@ -590,6 +595,18 @@ class Dispatcher:
             last = i == len(pieces) - 1
             buttons = item.message.buttons if last else ()
             await self.messenger.send(item.chat_id, OutMessage(piece, buttons))
+
+    async def _send_photo(self, item: Photo) -> None:
+        if self.services.capabilities.photos:
+            await self.messenger.send_photo(
+                item.chat_id, item.image, caption=item.caption, filename=item.filename
+            )
+            return
+        # Documents take a file: write the image to one that lives only for the send.
+        with tempfile.TemporaryDirectory(prefix="zhibu-photo-") as folder:
+            path = Path(folder) / (Path(item.filename).name or "image.png")
+            await asyncio.to_thread(path.write_bytes, item.image)
+            await self.messenger.send_document(item.chat_id, path, caption=item.caption)
 
     async def _send_poll(self, item: QuizPoll) -> None:
         ref = await self.messenger.send_quiz_poll(

@@ -33,7 +33,7 @@ VENV_ZHIBU = "/opt/zhibu/.venv/bin/zhibu"
 
 # Settings other branches add (webhook mode; the chart font). The deploy files already
 # use them; empty this set when they exist in bot/config.py (a test below says when).
-PENDING_SETTINGS = frozenset({"ZHIBU_CHARTS__FONT_PATH"})
+PENDING_SETTINGS: frozenset[str] = frozenset()
 _ENV_LINE = re.compile(r"^#?\s*(ZHIBU_[A-Z0-9_]+)=(.*)$")
 
 

@@ -386,6 +386,24 @@ class AiogramMessenger:
             )
         return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
 
+    async def send_photo(
+        self,
+        chat_id: str,
+        image: bytes,
+        *,
+        caption: str | None = None,
+        filename: str = "chart.png",
+    ) -> SentRef:
+        html_caption = tg.photo_caption(image, caption)
+        bot = self._bot_or_raise()
+        with _port_errors():
+            sent = await bot.send_photo(
+                chat_id=tg.chat_id_param(chat_id),
+                photo=BufferedInputFile(image, filename=filename),
+                caption=html_caption,
+            )
+        return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
+
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         bot = self._bot_or_raise()
         try:

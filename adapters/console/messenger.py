@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ from bot.text import Style
 CONSOLE_CAPABILITIES = Capabilities(
     inline_buttons=True,
     message_edit=False,
+    # Images are saved to files and their paths printed, which a terminal can open.
+    photos=True,
     command_menu=False,
     max_text_length=4096,
     max_button_data=64,
@@ -72,6 +75,7 @@ class ConsoleMessenger:
         language_code: str | None = None,
         on_close: Callable[[], None] | None = None,
         echo: bool | None = None,
+        images_dir: Path | None = None,
     ) -> None:
         self._in = stdin or sys.stdin
         self._out = stdout or sys.stdout
@@ -91,6 +95,9 @@ class ConsoleMessenger:
         self.sent: deque[tuple[str, OutMessage]] = deque(maxlen=1000)
         # Documents "sent" (chat, file, caption): the console only names them.
         self.documents: deque[tuple[str, Path, str | None]] = deque(maxlen=100)
+        # Where photos are saved; a fresh temporary folder unless one is given.
+        self._images_dir = images_dir
+        self.photos: deque[tuple[str, Path, str | None]] = deque(maxlen=100)
 
     @property
     def platform(self) -> str:
@@ -227,6 +234,33 @@ class ConsoleMessenger:
         line = f"{prefix}(document: {path.name})"
         self._print(line + (f" {caption}" if caption else ""))
         return ref
+
+    async def send_photo(
+        self,
+        chat_id: str,
+        image: bytes,
+        *,
+        caption: str | None = None,
+        filename: str = "chart.png",
+    ) -> SentRef:
+        """A terminal cannot show an image: it saves it and prints where."""
+        if not image:
+            raise MessengerError("no image to send")
+        if self._images_dir is None:
+            self._images_dir = Path(tempfile.mkdtemp(prefix="zhibu-console-"))
+        ref = SentRef(chat_id, str(next(self._ids)))
+        name = Path(filename).name or "image.png"
+        path = self._images_dir / f"{ref.message_id}-{name}"
+        await asyncio.to_thread(self._save, path, image)
+        self.photos.append((chat_id, path, caption))
+        prefix = "bot: " if chat_id == self.user else f"bot → {chat_id}: "
+        self._print(f"{prefix}(image: {path})" + (f" {caption}" if caption else ""))
+        return ref
+
+    @staticmethod
+    def _save(path: Path, image: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image)
 
     async def answer_press(self, press: ButtonPress, notice: str | None = None) -> None:
         # The console has no toasts; a notice also arrives as a reply when it matters.

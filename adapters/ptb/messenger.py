@@ -20,6 +20,7 @@ from telegram import (
     BotCommandScopeDefault,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputFile,
     LinkPreviewOptions,
     Poll,
     Update,
@@ -327,6 +328,25 @@ class PTBMessenger:
                 chat_id=tg.chat_id_param(chat_id),
                 document=data,
                 filename=path.name,
+                caption=html_caption,
+                parse_mode=ParseMode.HTML if html_caption else None,
+            )
+        return SentRef(chat_id=str(sent.chat.id), message_id=str(sent.message_id))
+
+    async def send_photo(
+        self,
+        chat_id: str,
+        image: bytes,
+        *,
+        caption: str | None = None,
+        filename: str = "chart.png",
+    ) -> SentRef:
+        html_caption = tg.photo_caption(image, caption)
+        bot = self._bot_app().bot
+        with _port_errors():
+            sent = await bot.send_photo(
+                chat_id=tg.chat_id_param(chat_id),
+                photo=InputFile(image, filename=filename),
                 caption=html_caption,
                 parse_mode=ParseMode.HTML if html_caption else None,
             )

@@ -148,6 +148,18 @@ class Call:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file the bot uploaded in a multipart request, bytes and all (whether or not the
+    call then succeeded), so tests can check what was sent."""
+
+    method: str
+    field: str  # the multipart part, which may be an attach:// name
+    file_name: str | None
+    mime_type: str
+    data: bytes
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, description: str, parameters: JSONDict | None = None):
         super().__init__(description)
@@ -434,6 +446,7 @@ class FakeTelegram:
         self.bot_username = bot_username
         self.bot_id = bot_id
         self.calls: list[Call] = []
+        self.uploads: list[Upload] = []
         self.rate_limited = 0
         # Wall clock for poll close dates; a test may replace it to let an open period
         # run out without sleeping.
@@ -832,6 +845,17 @@ class FakeTelegram:
                 documents.append({**document, "caption": caption} if caption else document)
         return documents
 
+    def photos_to(self, chat_id: int) -> list[JSONDict]:
+        """Photos in the messages the bot sent to the chat (not deleted): the largest
+        size of each, with its ``caption`` if any."""
+        photos: list[JSONDict] = []
+        for message in self.messages_to(chat_id):
+            sizes = message.get("photo")
+            if sizes:
+                caption = message.get("caption")
+                photos.append({**sizes[-1], "caption": caption} if caption else sizes[-1])
+        return photos
+
     def callback_answer(self, callback_query_id: str) -> Call | None:
         """The successful ``answerCallbackQuery`` call for that query, if any."""
         for call in self.calls:
@@ -986,7 +1010,17 @@ class FakeTelegram:
             files: JSONDict = {}
             for name, value in form.items():
                 if isinstance(value, web.FileField):
-                    # Uploads are recorded by name and size only; the bytes never matter.
+                    # Parameters carry the name and size only; the bytes go to uploads.
+                    value.file.seek(0)
+                    self.uploads.append(
+                        Upload(
+                            request.match_info["method"],
+                            name,
+                            value.filename,
+                            value.content_type,
+                            value.file.read(),
+                        )
+                    )
                     value.file.seek(0, 2)
                     files[name] = {
                         "file_name": value.filename,
