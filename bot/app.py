@@ -107,6 +107,12 @@ class App:
     async def prepare(self) -> Dispatcher:
         """Load the content pack into the database and build the dispatcher."""
         pack = load_pack(self.settings.content_path)
+        if self.settings.charts.font_path is not None:
+            # Imported only here: matplotlib is heavy, and most installs keep the
+            # bundled font.
+            from bot.stats import chart
+
+            chart.configure(self.settings.charts.font_path)
         # Validate every bank before touching the database: a bad file stops start-up
         # with its path and field, and nothing is half-loaded.
         banks, quiz_specs = load_pack_banks(self.settings.content_path)
@@ -229,6 +235,9 @@ class App:
             # can still reply and the sender can still be woken.
             await self.web.stop()
             self.web = None
+        if self.dispatcher is not None:
+            # Exports already started finish while the messenger can still send them.
+            await self.dispatcher.drain_background()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.sender is not None:

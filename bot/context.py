@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.db.models import AuditLog, Broadcast, Conversation, DueJob, Member, MemberIdentity
@@ -24,6 +24,7 @@ from bot.messenger import (
     ButtonPress,
     Capabilities,
     Event,
+    Messenger,
     OutMessage,
     PollRef,
     Sender,
@@ -133,7 +134,27 @@ class Photo:
     filename: str = "chart.png"
 
 
-Outgoing = Reply | Edit | MenuUpdate | QuizPoll | Document | Photo
+@dataclass(frozen=True, slots=True)
+class BackgroundTools:
+    """What slow work started by a handler may use once the handler has finished."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]  # read-only where the app has one
+    messenger: Messenger
+    services: Services
+
+
+@dataclass(frozen=True, slots=True)
+class Background:
+    """Slow work (an export) started after the commit, off the update path, so one
+    person's twenty-second workbook does not hold up everyone else's messages. It is not
+    durable: a restart loses it, and the person is told to ask again (see routing)."""
+
+    chat_id: str
+    language: str | None
+    run: Callable[[BackgroundTools], Awaitable[None]]
+
+
+Outgoing = Reply | Edit | MenuUpdate | QuizPoll | Document | Photo | Background
 
 
 class NeedsWrite(Exception):
@@ -238,6 +259,11 @@ class Context:
         """Send a file to this chat after the commit; check ``capabilities.documents``
         first (where it is False nothing is sent)."""
         self.outbox.append(Document(self.chat_id, path, caption))
+
+    def background(self, run: Callable[[BackgroundTools], Awaitable[None]]) -> None:
+        """Run ``run`` after the commit, in the background (see :class:`Background`)."""
+        language = self.member.language if self.member is not None else None
+        self.outbox.append(Background(self.chat_id, language, run))
 
     def photo(
         self, image: bytes, *, caption: str | None = None, filename: str = "chart.png"

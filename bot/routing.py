@@ -9,6 +9,7 @@ conversation flows); :mod:`bot.app` merges them and hands the result to a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import handled_updates
 from bot.context import (
+    Background,
+    BackgroundTools,
     Context,
     Document,
     Edit,
@@ -50,8 +53,10 @@ from bot.messenger import (
     TextMessage,
     UnsupportedMessage,
 )
-from bot.text import plain, split
+from bot.text import as_rich, plain, split
 
+# How long stopping waits for background work (exports) to finish.
+DRAIN_SECONDS = 60.0
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Context], Awaitable[None]]
@@ -267,6 +272,7 @@ class Dispatcher:
         # Events fully handled (committed and replied to); observed by tests and metrics.
         self.handled = 0
         self._progress = asyncio.Condition()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, event: Event) -> None:
         """Entry point for adapters. Never raises."""
@@ -584,6 +590,10 @@ class Dispatcher:
                     )
                 elif isinstance(item, Photo):
                     await self._send_photo(item)
+                elif isinstance(item, Background):
+                    task = asyncio.create_task(self._run_background(item))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
             except MessengerError as exc:
                 log.warning(
                     "could not deliver %s to %s: %s", type(item).__name__, item.chat_id, exc
@@ -595,6 +605,28 @@ class Dispatcher:
             last = i == len(pieces) - 1
             buttons = item.message.buttons if last else ()
             await self.messenger.send(item.chat_id, OutMessage(piece, buttons))
+
+    async def _run_background(self, item: Background) -> None:
+        tools = BackgroundTools(
+            self.read_sessionmaker or self.sessionmaker, self.messenger, self.services
+        )
+        try:
+            await item.run(tools)
+        except Exception:
+            log.exception("background work for %s failed", item.chat_id)
+            t = translator(item.language, self.services.org.timezone)
+            with contextlib.suppress(MessengerError):
+                await self.messenger.send(
+                    item.chat_id,
+                    OutMessage(as_rich(t(N_("Sorry, that did not work. Please try again.")))),
+                )
+
+    async def drain_background(self) -> None:
+        """Wait for background work (exports) to finish, e.g. before stopping; at most
+        DRAIN_SECONDS, after which it is abandoned (a restart loses it anyway)."""
+        pending = set(self._background)
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN_SECONDS)
 
     async def _send_photo(self, item: Photo) -> None:
         if self.services.capabilities.photos:

@@ -5,10 +5,13 @@ total and the audit log, and bad periods get the forms back."""
 
 from __future__ import annotations
 
+import io
+
+import openpyxl
 from sqlalchemy import select
 
 from bot.db.models import Participation, PointsAward
-from tests.journeys.drivers import ADMIN, Driver, texts
+from tests.journeys.drivers import ADMIN, ConsoleDriver, Driver, TelegramDriver, texts
 from tests.journeys.test_quizzes import QIAN, SEC, SUN, WANG, ZHAO, answer, open_quiz, setting_up
 
 
@@ -62,6 +65,28 @@ async def test_quiz_results_become_stats(driver: Driver) -> None:
     assert "权限" in texts(await driver.send(SEC, "/audit"))
     audit = texts(await driver.send(ADMIN, "/audit 50"))
     assert "quiz.open" in audit and "quiz.excuse" in audit and "🚫" in audit
+
+    # The chart and the workbook: a PNG with the figures, and an XLSX that arrives after
+    # the reply, built in the background.
+    if isinstance(driver, TelegramDriver):
+        before = len(driver.tg.uploads)
+    shown = await driver.send(SEC, "/export")
+    assert driver.app.dispatcher is not None
+    await driver.app.dispatcher.drain_background()
+    if isinstance(driver, TelegramDriver):
+        assert "正在生成" in texts(shown), texts(shown)
+        uploads = driver.tg.uploads[before:]
+        assert [u.method for u in uploads] == ["sendDocument"], uploads
+        workbook = openpyxl.load_workbook(io.BytesIO(uploads[0].data))
+        summary = workbook.worksheets[0]
+        rows = [[c.value for c in row] for row in summary.iter_rows()]
+        prosecution = next(r for r in rows if r and r[0] == "公诉党支部")
+        assert 0.75 in prosecution, prosecution  # 参考率 as a number, shown as a percentage
+        charts = [u for u in driver.tg.uploads if u.method == "sendPhoto"]
+        assert charts and charts[0].data.startswith(b"\x89PNG")
+    else:  # a terminal takes no files: the reply says where the workbook can be made
+        assert isinstance(driver, ConsoleDriver)
+        assert "zhibu export" in texts(shown) and not driver.console.documents
 
     # Bad input: a period that does not exist gets the forms, and nothing changes.
     assert "2026Q4" in texts(await driver.send(SEC, "/stats 2026-13"))

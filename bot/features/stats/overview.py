@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from bot.context import Context
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from bot.context import BackgroundTools, Context
 from bot.db.models import Role
 from bot.i18n import N_, Translator
 from bot.routing import Router
 from bot.stats import figures
+from bot.stats.export import export_workbook
 from bot.stats.model import BranchStats, StatsTable, Trend
 from bot.stats.period import months_back
 from bot.text import Rich, bold, join
@@ -14,6 +20,7 @@ from bot.text import Rich, bold, join
 from . import common
 
 router = Router("stats.overview")
+log = logging.getLogger(__name__)
 
 TREND_MONTHS = 12
 
@@ -86,6 +93,23 @@ async def stats(ctx: Context) -> None:
         return
     table = await table_for(ctx, scope)
     ctx.reply(table_text(ctx.t, table))
+    await _chart(ctx, "stats", table)
+
+
+async def _chart(ctx: Context, name: str, figures_: StatsTable | Trend) -> None:
+    """The figures as a picture too. Rendered in a thread (matplotlib is CPU-bound); a
+    chart that cannot be drawn (no CJK font) costs the picture, never the answer."""
+    from bot.stats import chart  # matplotlib loads only when someone asks for a chart
+
+    try:
+        if isinstance(figures_, StatsTable):
+            image = await asyncio.to_thread(chart.stats_chart, figures_, ctx.t)
+        else:
+            image = await asyncio.to_thread(chart.trend_chart, figures_, ctx.t)
+    except chart.FontMissing:
+        log.exception("no CJK font for charts; set ZHIBU_CHARTS__FONT_PATH")
+        return
+    ctx.photo(image, filename=f"{name}.png")
 
 
 def trend_text(t: Translator, trend: Trend) -> Rich:
@@ -132,4 +156,46 @@ async def trend(ctx: Context) -> None:
     scope = await common.scope(ctx, [ctx.arg_text] if ctx.arg_text else [])
     if scope is None:
         return
-    ctx.reply(trend_text(ctx.t, await trend_for(ctx, scope)))
+    figures_ = await trend_for(ctx, scope)
+    ctx.reply(trend_text(ctx.t, figures_))
+    await _chart(ctx, "trend", figures_)
+
+
+@router.command(
+    "export",
+    role=Role.SECRETARY,
+    summary=N_("A spreadsheet of a period: summary, every activity per member, points"),
+    usage=N_("/export [period] [branch]"),
+    readonly=True,
+)
+async def export(ctx: Context) -> None:
+    t = ctx.t
+    if not ctx.services.capabilities.documents:
+        ctx.reply(t("This messenger cannot receive files. On the server: zhibu export"))
+        return
+    scope = await common.scope(ctx, ctx.args)
+    if scope is None:
+        return
+    table = await table_for(ctx, scope)
+    org, zone = ctx.services.org, common.zone(ctx)
+    label = common.period_label(t, scope.period)
+    where = common.branch_name(t, scope.branch) if scope.branch is not None else org.label(t)
+
+    async def build_and_send(tools: BackgroundTools) -> None:
+        with tempfile.TemporaryDirectory(prefix="zhibu-export-") as folder:
+            path = Path(folder) / f"zhibu-{scope.period.label.replace('..', '_')}.xlsx"
+            await export_workbook(
+                tools.sessionmaker,
+                organisation_id=org.id,
+                period=scope.period,
+                branch_ids=scope.branch_ids,
+                path=path,
+                t=t,
+                zone=zone,
+                table=table,
+            )
+            caption = t("{where} · {period}", where=where, period=label)
+            await tools.messenger.send_document(ctx.chat_id, path, caption=caption)
+
+    ctx.reply(t("Preparing the workbook for {period}; it will arrive here shortly.", period=label))
+    ctx.background(build_and_send)
