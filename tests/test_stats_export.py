@@ -15,6 +15,7 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot import participation
 from bot.config import DEFAULT_CONTENT
 from bot.content import load_pack, sync_pack
 from bot.db.engine import create_sessionmaker
@@ -148,6 +149,10 @@ async def _seed(engine: AsyncEngine) -> dict[str, int]:
                     awarded_at=at,
                 )
             )
+        # Rows written directly, as an import would: count them into the summaries the
+        # participation module otherwise keeps as it goes.
+        await session.flush()
+        await participation.rebuild_summaries(session, org.id)
     return ids
 
 

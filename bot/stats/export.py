@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.models import (
     ActivityKind,
+    ActivitySummary,
     Branch,
     Member,
     Participation,
@@ -76,6 +78,26 @@ def _activity_query(
     return query
 
 
+# One activity's rows, untyped: SQLAlchemy's per-value type processing was most of the
+# export's time at a million rows; the few conversions needed are done in _when/_flag.
+_ACTIVITY_ROWS = text(
+    "SELECT title, activity_at, closes_at, branch_id, member_id, status, done_at, score,"
+    " passed, excellent FROM participation WHERE kind = :kind AND activity_id = :activity"
+)
+
+
+def _when(value: Any) -> datetime | None:
+    """A timestamp as either driver returns it untyped: aware (asyncpg) or an ISO text
+    in UTC (SQLite)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _flag(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
 async def activity_rows(
     session: AsyncSession,
     *,
@@ -83,28 +105,61 @@ async def activity_rows(
     period: Period,
     branch_ids: Sequence[int] | None,
 ) -> AsyncIterator[ActivityRow]:
-    """Every member × activity in the period, as the database streams them."""
-    result = await session.stream(
-        _activity_query(organisation_id, period, branch_ids).execution_options(yield_per=CHUNK)
+    """Every member × activity in the period: activities in order of kind and time, and
+    within one the members by branch and name.
+
+    One indexed read per activity (its rows are contiguous in the unique index), sorted
+    here, instead of one query joining and sorting a year of rows: measured 5× faster
+    on SQLite at 148,000 rows.
+    """
+    members = dict((await session.execute(select(Member.id, Member.name))).tuples().all())
+    branches = {
+        branch_id: (position, name)
+        for branch_id, position, name in await session.execute(
+            select(Branch.id, Branch.position, Branch.name).where(
+                Branch.organisation_id == organisation_id
+            )
+        )
+    }
+    # Which activities fall in the period: from the summaries the participation module
+    # keeps (a few thousand rows a year), not a GROUP BY over a year of rows.
+    activities = select(ActivitySummary.kind, ActivitySummary.activity_id).where(
+        ActivitySummary.organisation_id == organisation_id,
+        ActivitySummary.activity_at >= period.starts_at,
+        ActivitySummary.activity_at < period.ends_at,
     )
-    # By partition: every step of an async result crosses into SQLAlchemy's greenlet,
-    # which row by row cost more than everything else the export does.
-    async for partition in result.partitions(CHUNK):
-        for row in partition:
+    if branch_ids is not None:
+        activities = activities.where(ActivitySummary.branch_id.in_(branch_ids))
+    ordered = activities.group_by(ActivitySummary.kind, ActivitySummary.activity_id).order_by(
+        ActivitySummary.kind, func.min(ActivitySummary.activity_at), ActivitySummary.activity_id
+    )
+    wanted = set(branch_ids) if branch_ids is not None else None
+    connection = await session.connection()
+    for kind, activity_id in (await session.execute(ordered)).tuples().all():
+        rows = list(
+            (await connection.execute(_ACTIVITY_ROWS, {"kind": kind, "activity": activity_id}))
+            .tuples()
+            .all()
+        )
+        if wanted is not None:
+            rows = [r for r in rows if r[3] in wanted]
+        rows.sort(key=lambda r: (branches[r[3]][0], members[r[4]], r[4]))
+        activity_kind = ActivityKind(kind)
+        for title, at, closes, branch_id, member_id, status, done, score, passed, excellent in rows:
             yield ActivityRow(
-                ActivityKind(row[0]),
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                row[7],
-                ParticipationStatus(row[8]),
-                row[9],
-                row[10],
-                row[11],
-                row[12],
+                activity_kind,
+                activity_id,
+                title,
+                _when(at),  # type: ignore[arg-type]  # never NULL
+                _when(closes),
+                branches[branch_id][1],
+                member_id,
+                members[member_id],
+                ParticipationStatus(status),
+                _when(done),
+                score,
+                _flag(passed),
+                _flag(excellent),
             )
 
 
