@@ -94,6 +94,9 @@ class ButtonSpec:
     prefix: str
     handler: Handler
     role: Role | None
+    # False: the handler raises InvalidButton only before it changes anything, so the
+    # savepoint that would undo a refused press's changes is two statements for nothing.
+    savepoint: bool = True
 
 
 class Router:
@@ -130,14 +133,16 @@ class Router:
         return register
 
     def button(
-        self, prefix: str, *, role: Role | None = Role.MEMBER
+        self, prefix: str, *, role: Role | None = Role.MEMBER, savepoint: bool = True
     ) -> Callable[[Handler], Handler]:
+        """``savepoint=False`` is for hot handlers that validate before they write: a
+        refused press must still change nothing, and then nothing needs undoing."""
         if ":" in prefix:
             raise ValueError("button prefixes cannot contain ':'")
 
         def register(handler: Handler) -> Handler:
             self._claim(self.buttons, prefix)
-            self.buttons[prefix] = ButtonSpec(prefix, handler, role)
+            self.buttons[prefix] = ButtonSpec(prefix, handler, role, savepoint)
             return handler
 
         return register
@@ -472,7 +477,10 @@ class Dispatcher:
         ctx.parts = rest.split(":") if rest else []
         queued = len(ctx.outbox)
         try:
-            async with ctx.session.begin_nested():
+            if spec.savepoint:
+                async with ctx.session.begin_nested():
+                    await spec.handler(ctx)
+            else:
                 await spec.handler(ctx)
         except InvalidButton:
             del ctx.outbox[queued:]  # keep what came before, e.g. a new admin's menu
