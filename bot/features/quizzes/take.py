@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 import re
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Numeric, cast, func, select, update
+from sqlalchemy import Integer, Numeric, Table, bindparam, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import lazyload
@@ -280,6 +281,52 @@ class Pressed:
     rest: list[int]
 
 
+# The statements of every answer, built once: building a statement costs more Python
+# than running it on SQLite. Bound parameter names differ from column names, which
+# Core would otherwise take for SET values.
+_PRESSED = (
+    select(QuizAttempt, Quiz, QuizAnswer, Question)
+    .join(Quiz, Quiz.id == QuizAttempt.quiz_id)
+    .join(QuizAnswer, QuizAnswer.attempt_id == QuizAttempt.id)
+    .join(Question, Question.id == QuizAnswer.question_id)
+    .where(
+        QuizAttempt.id == bindparam("p_attempt"),
+        QuizAnswer.position.between(bindparam("p_position"), bindparam("p_following")),
+    )
+    .order_by(QuizAnswer.position)
+    # The audience is checked when the attempt starts; an answer never needs it.
+    .options(lazyload(Quiz.branches))
+)
+_attempt = typing.cast(Table, QuizAttempt.__table__)
+_answer = typing.cast(Table, QuizAnswer.__table__)
+_MOVE = (
+    update(_attempt)
+    .where(
+        _attempt.c.id == bindparam("p_attempt"),
+        _attempt.c.position == bindparam("p_position"),
+        _attempt.c.status == "in_progress",
+    )
+    .values(
+        position=_attempt.c.position + 1,
+        correct=_attempt.c.correct + bindparam("p_gain", type_=Integer),
+    )
+    .returning(_attempt.c.position, _attempt.c.correct)
+)
+_STORE = (
+    update(_answer)
+    .where(
+        _answer.c.attempt_id == bindparam("p_attempt"),
+        _answer.c.position == bindparam("p_position"),
+        _answer.c.answered_at.is_(None),
+    )
+    .values(
+        selected=bindparam("p_selected", type_=_answer.c.selected.type),
+        correct=bindparam("p_correct", type_=_answer.c.correct.type),
+        answered_at=bindparam("p_at", type_=_answer.c.answered_at.type),
+    )
+)
+
+
 async def _pressed(ctx: Context, count: int) -> Pressed:
     """Validate a quiz button: numbers only, this member's attempt, the current question.
 
@@ -290,17 +337,8 @@ async def _pressed(ctx: Context, count: int) -> Pressed:
     attempt_id, position, *rest = (int(p) for p in ctx.parts)
     rows = (
         await ctx.session.execute(
-            select(QuizAttempt, Quiz, QuizAnswer, Question)
-            .join(Quiz, Quiz.id == QuizAttempt.quiz_id)
-            .join(QuizAnswer, QuizAnswer.attempt_id == QuizAttempt.id)
-            .join(Question, Question.id == QuizAnswer.question_id)
-            .where(
-                QuizAttempt.id == attempt_id,
-                QuizAnswer.position.in_((position, position + 1)),
-            )
-            .order_by(QuizAnswer.position)
-            # The audience is checked when the attempt starts; an answer never needs it.
-            .options(lazyload(Quiz.branches))
+            _PRESSED,
+            {"p_attempt": attempt_id, "p_position": position, "p_following": position + 1},
         )
     ).all()
     if not rows:
@@ -401,32 +439,18 @@ async def record(
     right = sorted(selected) == sorted(question.answer)
     # The attempt first: it is the one row every answer to it updates, so on PostgreSQL
     # a concurrent double tap waits here for the first and then finds it moved on.
-    moved = (
-        await ctx.session.execute(
-            update(QuizAttempt)
-            .where(
-                QuizAttempt.id == attempt.id,
-                QuizAttempt.position == row.position,
-                QuizAttempt.status == "in_progress",
-            )
-            .values(position=row.position + 1, correct=QuizAttempt.correct + int(right))
-            .returning(QuizAttempt.position, QuizAttempt.correct)
-            .execution_options(synchronize_session=False)
-        )
-    ).first()
+    # Core, on the session's connection: the ORM objects are updated below from what
+    # was written, so the ORM's own UPDATE bookkeeping would be work for nothing.
+    conn = await ctx.session.connection()
+    where = {"p_attempt": attempt.id, "p_position": row.position}
+    moved = (await conn.execute(_MOVE, {**where, "p_gain": int(right)})).first()
     if moved is None:
         raise InvalidButton  # answered meanwhile, or finished: nothing was written
-    stored = await ctx.session.execute(
-        update(QuizAnswer)
-        .where(
-            QuizAnswer.attempt_id == attempt.id,
-            QuizAnswer.position == row.position,
-            QuizAnswer.answered_at.is_(None),
-        )
-        .values(selected=list(selected), correct=right, answered_at=ctx.now)
-        .execution_options(synchronize_session=False)
+    stored = await conn.execute(
+        _STORE,
+        {**where, "p_selected": list(selected), "p_correct": right, "p_at": ctx.now},
     )
-    if stored.rowcount != 1:  # type: ignore[attr-defined]
+    if stored.rowcount != 1:
         # The attempt was at this question, so its answer was empty; anything else is a
         # broken invariant, and failing the event rolls back the attempt's move too.
         raise RuntimeError(f"answer {attempt.id}/{row.position} was already recorded")
