@@ -4,13 +4,23 @@ close, and the figures checked against hand-computed values."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
-from bot.db.models import AuditLog, Organisation, Question, QuestionBank, QuizAttempt
-from tests.journeys.drivers import ADMIN, Driver, Person, Shown, texts
+from bot.db.models import (
+    AuditLog,
+    Organisation,
+    Question,
+    QuestionBank,
+    QuizAnswer,
+    QuizAttempt,
+)
+from bot.messenger import ButtonPress, Sender
+from tests.journeys.drivers import ADMIN, ConsoleDriver, Driver, Person, Shown, texts
 
 SEC = Person("李书记", 4001)
 WANG = Person("王芳", 4002)
@@ -260,9 +270,42 @@ async def test_refused_presses_change_nothing(driver: Driver) -> None:
     assert "第 3/4 题" in texts(shown)
 
 
-async def _quiz_rows(driver: Driver) -> list[tuple[object, ...]]:
-    from bot.db.models import QuizAnswer
+async def test_a_double_tap_handled_at_once_counts_once(driver: Driver) -> None:
+    """Both presses read the question as unanswered before either writes (on
+    PostgreSQL; SQLite's write lock queues the second): the attempt's conditional
+    UPDATE lets one through, and the other is refused with nothing written."""
+    if not isinstance(driver, ConsoleDriver):
+        pytest.skip("the race is in the core; the console adapter is the direct way in")
+    await setting_up(driver)
+    await open_quiz(driver)
+    shown = await driver.send(WANG, "/quiz")
+    shown = await driver.press(WANG, shown[-1], "开始 Q")
+    message, _ = question(shown)
+    while any(b.data.startswith("qs:") for b in message.buttons):  # a single-answer one
+        shown = await answer(driver, WANG, shown)
+        message, _ = question(shown)
+    position = int(message.buttons[0].data.split(":")[2])
+    sender = Sender("console", WANG.name, WANG.name, None, WANG.language_code)
+    before = len(driver.console.sent)
+    await asyncio.gather(
+        *(
+            driver.dispatcher.handle(
+                ButtonPress(sender, WANG.name, message.buttons[0].data, press_id=f"tap{i}")
+            )
+            for i in range(2)
+        )
+    )
+    replies = [m.text.plain for _, m in list(driver.console.sent)[before:]]
+    assert sum("无效" in r for r in replies) == 1, replies
+    async with driver.app.sessionmaker() as session:
+        attempt = await session.scalar(select(QuizAttempt))
+        answered = await session.scalar(
+            select(func.count()).select_from(QuizAnswer).where(QuizAnswer.answered_at.is_not(None))
+        )
+    assert attempt is not None and attempt.position == position + 1 == answered
 
+
+async def _quiz_rows(driver: Driver) -> list[tuple[object, ...]]:
     async with driver.app.sessionmaker() as session:
         attempts = (await session.execute(select(QuizAttempt.__table__))).all()
         answers = (
