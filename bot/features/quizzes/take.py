@@ -15,7 +15,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, Numeric, Table, bindparam, cast, func, select, update
+from sqlalchemy import (
+    Integer,
+    Numeric,
+    Select,
+    Table,
+    bindparam,
+    cast,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import lazyload
@@ -327,6 +337,21 @@ _STORE = (
 )
 
 
+def _move_and_store() -> Select[tuple[int, int, int]]:
+    """Both updates in one round trip, where the database has data-modifying WITH
+    (PostgreSQL): the answer row is stored only if the attempt moved, and the result
+    says how many answer rows were, so the two outcomes stay apart as in ``record``."""
+    moved = _MOVE.cte("moved")
+    stored = (
+        _STORE.where(select(moved.c.position).exists()).returning(_answer.c.position).cte("stored")
+    )
+    count = select(func.count()).select_from(stored).scalar_subquery()
+    return select(moved.c.position, moved.c.correct, count.label("stored"))
+
+
+_MOVE_AND_STORE = _move_and_store()
+
+
 async def _pressed(ctx: Context, count: int) -> Pressed:
     """Validate a quiz button: numbers only, this member's attempt, the current question.
 
@@ -443,14 +468,20 @@ async def record(
     # was written, so the ORM's own UPDATE bookkeeping would be work for nothing.
     conn = await ctx.session.connection()
     where = {"p_attempt": attempt.id, "p_position": row.position}
-    moved = (await conn.execute(_MOVE, {**where, "p_gain": int(right)})).first()
-    if moved is None:
-        raise InvalidButton  # answered meanwhile, or finished: nothing was written
-    stored = await conn.execute(
-        _STORE,
-        {**where, "p_selected": list(selected), "p_correct": right, "p_at": ctx.now},
-    )
-    if stored.rowcount != 1:
+    answer = {"p_selected": list(selected), "p_correct": right, "p_at": ctx.now}
+    if conn.dialect.name == "postgresql":
+        moved = (
+            await conn.execute(_MOVE_AND_STORE, {**where, "p_gain": int(right), **answer})
+        ).first()
+        if moved is None:
+            raise InvalidButton  # answered meanwhile, or finished: nothing was written
+        stored_rows = moved.stored
+    else:
+        moved = (await conn.execute(_MOVE, {**where, "p_gain": int(right)})).first()
+        if moved is None:
+            raise InvalidButton  # answered meanwhile, or finished: nothing was written
+        stored_rows = (await conn.execute(_STORE, {**where, **answer})).rowcount
+    if stored_rows != 1:
         # The attempt was at this question, so its answer was empty; anything else is a
         # broken invariant, and failing the event rolls back the attempt's move too.
         raise RuntimeError(f"answer {attempt.id}/{row.position} was already recorded")
