@@ -124,7 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--database-url",
         metavar="URL",
         help="quiz: also run on this PostgreSQL server (postgresql+asyncpg://...), in a "
-        f"scratch database {quiz_answers.SCRATCH_DATABASE} created and dropped there",
+        "scratch database <the URL's database>_bench created and dropped there",
     )
     parser.add_argument(
         "--members",

@@ -89,7 +89,7 @@ TARGET = 0.75
 PLATFORM = "telegram"
 QUESTIONS = 25  # per quiz; one attempt answers at most this many
 BANK = "party-basics"  # the shipped bank the benchmark's questions are copied from
-SCRATCH_DATABASE = "zhibu_bench"
+SCRATCH_SUFFIX = "_bench"  # the PostgreSQL scratch database: <the URL's database>_bench
 POLL_TIMEOUT = 1  # both sides; short long polls keep shut-down quick
 SEND_CONCURRENCY = 8  # the floor's set-up sends (outside the measured window)
 
@@ -177,20 +177,30 @@ async def sqlite_database() -> AsyncIterator[str]:
         yield sqlite_url(Path(tmp), "quiz.db")
 
 
+def scratch_database(url: URL) -> str:
+    """``<the URL's database>_bench``: one scratch database per database named, so people
+    benchmarking on one server, each naming their own database, never drop each other's."""
+    return f"{url.database or 'zhibu'}{SCRATCH_SUFFIX}"
+
+
 def postgres_url(url: str) -> URL:
     parsed = make_url(url.replace("postgresql://", "postgresql+asyncpg://", 1))
     if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() != "asyncpg":
         raise BenchError(f"--database-url must be postgresql+asyncpg://..., got {parsed!r}")
-    if parsed.database == SCRATCH_DATABASE:
-        raise BenchError(f"give another database than {SCRATCH_DATABASE}; it is dropped at the end")
+    if (parsed.database or "").endswith(SCRATCH_SUFFIX):
+        raise BenchError(
+            f"give the database the scratch one is named after, not {parsed.database}: "
+            "scratch databases are dropped at the end"
+        )
     return parsed
 
 
 @asynccontextmanager
 async def postgres_database(server_url: str) -> AsyncIterator[str]:
-    """A scratch database ``zhibu_bench`` on the server of ``server_url``, dropped at the
-    end. ``server_url``'s own database is only connected to, never changed."""
+    """A scratch database ``<database>_bench`` on the server of ``server_url``, dropped at
+    the end. ``server_url``'s own database is only connected to, never changed."""
     server = postgres_url(server_url)
+    scratch = scratch_database(server)
 
     async def admin(statement: str) -> None:
         # CREATE and DROP DATABASE cannot run inside a transaction.
@@ -201,11 +211,11 @@ async def postgres_database(server_url: str) -> AsyncIterator[str]:
         finally:
             await engine.dispose()
 
-    drop = f'DROP DATABASE IF EXISTS "{SCRATCH_DATABASE}" WITH (FORCE)'
+    drop = f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'
     await admin(drop)  # left over from an interrupted run
-    await admin(f'CREATE DATABASE "{SCRATCH_DATABASE}"')
+    await admin(f'CREATE DATABASE "{scratch}"')
     try:
-        yield server.set(database=SCRATCH_DATABASE).render_as_string(hide_password=False)
+        yield server.set(database=scratch).render_as_string(hide_password=False)
     finally:
         await admin(drop)
 
@@ -444,23 +454,42 @@ def check_callback_answers(side: str, calls: Sequence[Call], query_ids: Sequence
 
 
 def check_edits(side: str, calls: Sequence[Call], presses: Sequence[Press]) -> None:
-    """Every pressed message edited once, to show whether the answer was right."""
+    """One edit per press, of the pressed message, in each chat in the order pressed:
+    it says whether the answer was right and, unless that was the last question, shows
+    the next question with that question's buttons (and only them)."""
     edits = [c for c in calls if c.method == "editMessageText"]
     if len(edits) != len(presses):
         raise BenchError(f"{side}: {len(edits)} edits for {len(presses)} presses")
-    expected = {(p.user_id, p.message_id): p for p in presses}
-    seen: set[tuple[int, int]] = set()
+    pending: dict[int, collections.deque[Press]] = collections.defaultdict(collections.deque)
+    for press in presses:
+        pending[press.user_id].append(press)
     for call in edits:
         if call.status != 200:
             raise BenchError(f"{side}: editMessageText failed: {call.response}")
-        key = (int(call.params["chat_id"]), int(call.params["message_id"]))
-        press = expected.get(key)
-        if press is None or key in seen:
-            raise BenchError(f"{side}: an unexpected or repeated edit of message {key}")
-        seen.add(key)
+        chat, message_id = int(call.params["chat_id"]), int(call.params["message_id"])
+        if not pending[chat]:
+            raise BenchError(f"{side}: more edits in chat {chat} than presses")
+        press = pending[chat].popleft()
+        if message_id != press.message_id:
+            raise BenchError(f"{side}: the edit for {press.data} changed message {message_id}")
+        text = str(call.params.get("text", ""))
         mark = "✅" if press.right else "❌"
-        if mark not in str(call.params.get("text", "")):
+        if mark not in text:
             raise BenchError(f"{side}: the edit for {press.data} does not say {mark}")
+        markup = call.params.get("reply_markup") or {}
+        data = [
+            b.get("callback_data", "") for row in markup.get("inline_keyboard", []) for b in row
+        ]
+        following = press.position + 1
+        if following < QUESTIONS:
+            prefix = f"qa:{press.attempt_id}:{following}:"
+            progress = f"{following + 1}/{QUESTIONS}"
+            if not data or not all(d.startswith(prefix) for d in data) or progress not in text:
+                raise BenchError(
+                    f"{side}: the edit for {press.data} does not ask question {progress}"
+                )
+        elif data:
+            raise BenchError(f"{side}: the edit for the last question {press.data} has buttons")
 
 
 async def check_rows(
@@ -518,7 +547,25 @@ def question_html(question: BenchQuestion, position: int) -> str:
     return "\n".join(lines)
 
 
-def answered_html(question: BenchQuestion, position: int, right: bool) -> str:
+def question_markup(
+    question: BenchQuestion, attempt_id: int, position: int
+) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(_LETTERS[i], callback_data=f"qa:{attempt_id}:{position}:{i}")
+                for i in range(len(question.options))
+            ]
+        ]
+    )
+
+
+def _option_html(question: BenchQuestion, option: int) -> str:
+    return f"{_LETTERS[option]}. {html.escape(question.options[option], quote=False)}"
+
+
+def last_answered_html(question: BenchQuestion, position: int, right: bool) -> str:
+    """The last question as answered: it stays, with the verdict under it."""
     if right:
         verdict = "✅ 回答正确"
     else:
@@ -527,6 +574,25 @@ def answered_html(question: BenchQuestion, position: int, right: bool) -> str:
     if question.explanation:
         parts.append(html.escape(question.explanation, quote=False))
     return "\n".join(parts)
+
+
+def answered_html(questions: Sequence[BenchQuestion], position: int, choice: int) -> str:
+    """The pressed message after a press, as Zhibu shows it: the answer given and the
+    verdict with the explanation on top of the next question (the last question keeps
+    its verdict under it instead)."""
+    question = questions[position]
+    right = choice in question.answer
+    if position + 1 >= len(questions):
+        return last_answered_html(question, position, right)
+    lines = [f"第 {position + 1} 题 · 您的答案：{_option_html(question, choice)}"]
+    if right:
+        lines.append("<b>✅ 回答正确</b>")
+    else:
+        right_answer = _option_html(question, question.answer[0])
+        lines.append(f"<b>❌ 回答错误。正确答案是 {right_answer}。</b>")
+    if question.explanation:
+        lines.append(html.escape(question.explanation, quote=False))
+    return "\n".join([*lines, "", question_html(questions[position + 1], position + 1)])
 
 
 def floor_engine(url: str) -> AsyncEngine:
@@ -571,14 +637,21 @@ def floor_handler(
                     "answered_at": datetime.now(UTC),
                 },
             )
-        # The same two calls Zhibu makes, in the same order and shape.
+        # The same two calls Zhibu makes, in the same order and shape: the edit turns
+        # the message into the next question, with its buttons.
+        following = int(position) + 1
         await context.bot.answer_callback_query(query.id)
         await context.bot.edit_message_text(
             chat_id=query.message.chat.id,
             message_id=query.message.message_id,
-            text=answered_html(question, int(position), right),
+            text=answered_html(questions, int(position), selected),
             parse_mode=ParseMode.HTML,
             link_preview_options=_NO_PREVIEW,
+            reply_markup=(
+                question_markup(questions[following], int(attempt_id), following)
+                if following < len(questions)
+                else None
+            ),
         )
 
     return answered
@@ -606,47 +679,27 @@ async def floor_attempts(
         return {tid: a.id for tid, a in attempts.items()}
 
 
-async def send_questions(
-    bot: Bot,
-    seeded: Seeded,
-    people: Sequence[Person],
-    attempts: dict[int, int],
-    counts: Sequence[int],
-    positions: range,
-) -> dict[int, list[int]]:
-    """Send the question messages the presses will be on; message ids by chat."""
+async def send_first_questions(
+    bot: Bot, seeded: Seeded, people: Sequence[Person], attempts: dict[int, int]
+) -> dict[int, int]:
+    """Send each member the message with question 1, which every press of theirs is on
+    (each press edits it into the next question); message ids by chat."""
     limit = asyncio.Semaphore(SEND_CONCURRENCY)
+    question = seeded.questions[0]
 
-    async def chat(person: Person, count: int) -> list[int]:
-        ids = []
-        for position in positions:
-            if position >= count:
-                break
-            question = seeded.questions[position]
-            markup = InlineKeyboardMarkup(
-                [
-                    [
-                        InlineKeyboardButton(
-                            _LETTERS[i],
-                            callback_data=f"qa:{attempts[person.telegram_id]}:{position}:{i}",
-                        )
-                        for i in range(len(question.options))
-                    ]
-                ]
+    async def chat(person: Person) -> int:
+        async with limit:
+            sent = await bot.send_message(
+                chat_id=person.telegram_id,
+                text=question_html(question, 0),
+                parse_mode=ParseMode.HTML,
+                link_preview_options=_NO_PREVIEW,
+                reply_markup=question_markup(question, attempts[person.telegram_id], 0),
             )
-            async with limit:
-                sent = await bot.send_message(
-                    chat_id=person.telegram_id,
-                    text=question_html(question, position),
-                    parse_mode=ParseMode.HTML,
-                    link_preview_options=_NO_PREVIEW,
-                    reply_markup=markup,
-                )
-            ids.append(sent.message_id)
-        return ids
+        return sent.message_id
 
-    sent = await asyncio.gather(*(chat(p, n) for p, n in zip(people, counts, strict=True)))
-    return {p.telegram_id: ids for p, ids in zip(people, sent, strict=True)}
+    sent = await asyncio.gather(*(chat(p) for p in people))
+    return {p.telegram_id: message_id for p, message_id in zip(people, sent, strict=True)}
 
 
 def plan_floor(
@@ -654,12 +707,11 @@ def plan_floor(
     people: Sequence[Person],
     counts: Sequence[int],
     attempts: dict[int, int],
-    first_messages: dict[int, list[int]],
+    messages: dict[int, int],
 ) -> list[Press]:
-    """The same presses as Zhibu's: the floor's question k is its first message's id + k."""
+    """The same presses as Zhibu's, all of a member's on the one message they were sent."""
     per_member = []
     for i, (person, count) in enumerate(zip(people, counts, strict=True)):
-        base = first_messages[person.telegram_id][0]
         presses = []
         for position in range(count):
             question = seeded.questions[position]
@@ -669,7 +721,7 @@ def plan_floor(
                 Press(
                     user_id=person.telegram_id,
                     name=person.name,
-                    message_id=base + position,
+                    message_id=messages[person.telegram_id],
                     attempt_id=attempts[person.telegram_id],
                     position=position,
                     choice=choice,
@@ -706,20 +758,11 @@ async def run_floor(url: str, seeded: Seeded, answers: int) -> Run:
                 try:
                     for person in people:
                         fake.known_chat(person.telegram_id)
-                    # Question 1 exists when the presses are queued (its press carries the
-                    # whole message), the later ones are sent after: Zhibu's kind of updates.
-                    first = await send_questions(
-                        app.bot, seeded, people, attempts, counts, range(1)
-                    )
-                    presses = plan_floor(seeded, people, counts, attempts, first)
+                    # The message exists when the presses are queued, so every press
+                    # carries it whole: Zhibu's kind of updates.
+                    messages = await send_first_questions(app.bot, seeded, people, attempts)
+                    presses = plan_floor(seeded, people, counts, attempts, messages)
                     query_ids = query_ids_of(fake, presses)
-                    rest = await send_questions(
-                        app.bot, seeded, people, attempts, counts, range(1, QUESTIONS)
-                    )
-                    for person, count in zip(people, counts, strict=True):
-                        base = first[person.telegram_id][0]
-                        if rest[person.telegram_id] != list(range(base + 1, base + count)):
-                            raise BenchError("floor: the question messages got unexpected ids")
                     before = len(fake.calls)
                     statements[0] = 0
                     await app.start()
@@ -785,15 +828,21 @@ async def run_zhibu(url: str, seeded: Seeded, answers: int) -> Run:
                 # The bot waits in a long poll; the presses arrive all at once.
                 before = len(fake.calls)
                 statements[0] = 0
-                start = time.monotonic()
+                queueing = time.monotonic()
                 query_ids = query_ids_of(fake, presses)
-                total = started + answers
+                # Queueing is synchronous, so the bot cannot start before it ends: the
+                # clock starts there, with every press waiting, as the floor's does
+                # (every press now carries its message, which makes queueing slower).
+                start = time.monotonic()
+                queued_s = start - queueing
+                # Each member who answers the last question is sent the result.
+                finished = counts.count(QUESTIONS)
                 last = await problems.wait_calls(
                     fake,
                     [
-                        ("answerCallbackQuery", total),
+                        ("answerCallbackQuery", started + answers),
                         ("editMessageText", answers),
-                        ("sendMessage", total),
+                        ("sendMessage", started + finished),
                     ],
                     timeout,
                 )
@@ -805,11 +854,12 @@ async def run_zhibu(url: str, seeded: Seeded, answers: int) -> Run:
         window = [c for c in calls if start <= c.at <= start + seconds]
         check_callback_answers("zhibu", calls, query_ids)
         check_edits("zhibu", calls, presses)
-        check_next_messages(calls, people, counts)
+        check_results(calls, presses)
         extra = api_calls(window, answers)
     await check_rows("zhibu", url, presses, attempt_ids, stored=QUESTIONS * len(attempt_ids))
     await settle()
     extra["sql_per_answer"] = round(sql / answers, 2)
+    extra["queueing_s"] = round(queued_s, 3)  # before the window, not in it
     return Run("zhibu", answers, seconds, extra=extra)
 
 
@@ -822,8 +872,8 @@ async def plan_zhibu(
     counts: Sequence[int],
 ) -> tuple[list[Press], list[int]]:
     """The presses, from each attempt's answer rows (question order, option order) and
-    the message showing its first question: a member's question k is that message's
-    id + k, because nothing else is sent to the chat in between."""
+    the message showing its first question: every press is on that message, which
+    each answer edits into the next question."""
     async with app.sessionmaker() as session:
         attempts = dict(
             (
@@ -878,7 +928,7 @@ async def plan_zhibu(
                 Press(
                     user_id=person.telegram_id,
                     name=person.name,
-                    message_id=base + row.position,
+                    message_id=base,
                     attempt_id=attempt_id,
                     position=row.position,
                     choice=choice,
@@ -890,19 +940,22 @@ async def plan_zhibu(
     return interleave(per_member), list(attempts.values())
 
 
-def check_next_messages(
-    calls: Sequence[Call], people: Sequence[Person], counts: Sequence[int]
-) -> None:
-    """After each answer one more message: the next question, or after the last one the
-    result."""
+def check_results(calls: Sequence[Call], presses: Sequence[Press]) -> None:
+    """No new message while questions remain (each answer edits the one message), and
+    after the last question exactly one: the result, with the member's count right."""
     sent = [c for c in calls if c.method == "sendMessage"]
-    expected = {p.telegram_id: n for p, n in zip(people, counts, strict=True)}
+    last = {p.user_id: p for p in presses if p.position == QUESTIONS - 1}
+    right = collections.Counter(p.user_id for p in presses if p.right)
     got = collections.Counter(int(c.params["chat_id"]) for c in sent)
-    if got != collections.Counter(expected):
-        raise BenchError(f"zhibu: {len(sent)} messages after {sum(counts)} answers, wrongly spread")
+    if got != collections.Counter(last.keys()):
+        raise BenchError(f"zhibu: {len(sent)} messages for {len(last)} finished attempts")
     for call in sent:
         if call.status != 200:
             raise BenchError(f"zhibu: sendMessage failed: {call.response}")
+        chat = int(call.params["chat_id"])
+        score = f"{right[chat]}/{QUESTIONS}"
+        if score not in str(call.params.get("text", "")):
+            raise BenchError(f"zhibu: the result for chat {chat} does not say {score} right")
 
 
 # --- the benchmark -----------------------------------------------------------------------
@@ -1051,7 +1104,9 @@ async def run(
             "repeats": repeats,
             "warmup_answers": warmup_answers,
             "databases": [d for d, _ in databases],
-            "postgresql_scratch_database": SCRATCH_DATABASE if database_url else None,
+            "postgresql_scratch_database": (
+                scratch_database(postgres_url(database_url)) if database_url else None
+            ),
             "poll_timeout_s": POLL_TIMEOUT,
             "statistic": "median of repeats",
         },

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -78,6 +78,13 @@ IN_GROUP = "group"
 # it keeps pathological input away from parsers and the database.
 MAX_TEXT = 4000
 
+# Every event's first query, built once: building it again for each event took 60-200 µs
+# of Python on the 2-core benchmark machine, a few per cent of a quiz answer.
+_IDENTITY = select(MemberIdentity).where(
+    MemberIdentity.platform == bindparam("platform"),
+    MemberIdentity.platform_user_id == bindparam("user_id"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
@@ -113,6 +120,9 @@ class ButtonSpec:
     prefix: str
     handler: Handler
     role: Role | None
+    # False: the handler raises InvalidButton only before it changes anything, so the
+    # savepoint that would undo a refused press's changes is two statements for nothing.
+    savepoint: bool = True
 
 
 class Router:
@@ -149,14 +159,16 @@ class Router:
         return register
 
     def button(
-        self, prefix: str, *, role: Role | None = Role.MEMBER
+        self, prefix: str, *, role: Role | None = Role.MEMBER, savepoint: bool = True
     ) -> Callable[[Handler], Handler]:
+        """``savepoint=False`` is for hot handlers that validate before they write: a
+        refused press must still change nothing, and then nothing needs undoing."""
         if ":" in prefix:
             raise ValueError("button prefixes cannot contain ':'")
 
         def register(handler: Handler) -> Handler:
             self._claim(self.buttons, prefix)
-            self.buttons[prefix] = ButtonSpec(prefix, handler, role)
+            self.buttons[prefix] = ButtonSpec(prefix, handler, role, savepoint)
             return handler
 
         return register
@@ -393,10 +405,7 @@ class Dispatcher:
     ) -> Context:
         sender = event.sender
         identity = await session.scalar(
-            select(MemberIdentity).where(
-                MemberIdentity.platform == sender.platform,
-                MemberIdentity.platform_user_id == sender.user_id,
-            )
+            _IDENTITY, {"platform": sender.platform, "user_id": sender.user_id}
         )
         member = identity.member if identity is not None else None
         if identity is not None and identity.chat_id != event.chat_id:
@@ -526,7 +535,10 @@ class Dispatcher:
         ctx.parts = rest.split(":") if rest else []
         queued = len(ctx.outbox)
         try:
-            async with ctx.session.begin_nested():
+            if spec.savepoint:
+                async with ctx.session.begin_nested():
+                    await spec.handler(ctx)
+            else:
                 await spec.handler(ctx)
         except InvalidButton:
             del ctx.outbox[queued:]  # keep what came before, e.g. a new admin's menu
