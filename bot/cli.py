@@ -342,22 +342,7 @@ def content_import(
             err.print(line, style="red", markup=False, highlight=False)
         count = len(exc.problems)
         _fail("Nothing imported:", f"{count} problem{'s' if count != 1 else ''} in {file}")
-    try:
-        pack = load_pack(settings.content_path)
-    except ContentError as exc:
-        _fail("Invalid content:", str(exc))
-
-    async def revision() -> str | None:
-        engine = create_engine(settings.database.url)
-        try:
-            return await migrate.current_revision(engine)
-        finally:
-            await engine.dispose()
-
-    current, head = _database(revision, settings), migrate.head_revision()
-    if current != head:
-        state = "has no schema" if current is None else f"is at schema {current}, not {head}"
-        _fail("Cannot import:", f"the database {state}; run `zhibu db upgrade` first", settings)
+    pack = _pack_on_current_schema(settings, "Cannot import:")
 
     actor = _os_user()
     counts = _database(lambda: _import_bank(settings, pack, spec, file, actor, dry_run), settings)
@@ -435,22 +420,7 @@ def export(
     settings = _settings()
     if language not in LANGUAGES:
         _fail("Cannot export:", f"--language must be one of {', '.join(LANGUAGES)}", code=2)
-    try:
-        pack = load_pack(settings.content_path)
-    except ContentError as exc:
-        _fail("Invalid content:", str(exc))
-
-    async def revision() -> str | None:
-        engine = create_engine(settings.database.url)
-        try:
-            return await migrate.current_revision(engine)
-        finally:
-            await engine.dispose()
-
-    current, head = _database(revision, settings), migrate.head_revision()
-    if current != head:
-        state = "has no schema" if current is None else f"is at schema {current}, not {head}"
-        _fail("Cannot export:", f"the database {state}; run `zhibu db upgrade` first", settings)
+    pack = _pack_on_current_schema(settings, "Cannot export:")
     request = _ExportRequest(pack.spec.organisation.code, period, branch, output, language)
     try:
         written = asyncio.run(_export(settings, request))
@@ -572,6 +542,28 @@ async def _summary_table(
         branch_ids=branch_ids,
         names=names,
     )
+
+
+def _pack_on_current_schema(settings: Settings, refusal: str) -> Pack:
+    """The content pack, after checking the database is at the code's schema; one-line
+    failures otherwise (commands that read and write content need both)."""
+    try:
+        pack = load_pack(settings.content_path)
+    except ContentError as exc:
+        _fail("Invalid content:", str(exc))
+
+    async def revision() -> str | None:
+        engine = create_engine(settings.database.url)
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    current, head = _database(revision, settings), migrate.head_revision()
+    if current != head:
+        state = "has no schema" if current is None else f"is at schema {current}, not {head}"
+        _fail(refusal, f"the database {state}; run `zhibu db upgrade` first", settings)
+    return pack
 
 
 def main() -> None:

@@ -133,6 +133,21 @@ def _key(activity: Activity) -> Any:
     return and_(Participation.kind == activity.kind.value, Participation.activity_id == activity.id)
 
 
+# The order both the recount and the rebuild select their counts in.
+SUMMARY_COLUMNS = [
+    "kind",
+    "activity_id",
+    "branch_id",
+    "organisation_id",
+    "activity_at",
+    "expected",
+    "done",
+    "passed",
+    "excellent",
+    "score_sum",
+]
+
+
 def _postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -181,22 +196,10 @@ async def recount(
         .where(*rows_key)
         .group_by(Participation.branch_id)
     )
-    columns = [
-        "kind",
-        "activity_id",
-        "branch_id",
-        "organisation_id",
-        "activity_at",
-        "expected",
-        "done",
-        "passed",
-        "excellent",
-        "score_sum",
-    ]
-    statement = _insert(session)(ActivitySummary).from_select(columns, counts)
+    statement = _insert(session)(ActivitySummary).from_select(SUMMARY_COLUMNS, counts)
     statement = statement.on_conflict_do_update(
         index_elements=["kind", "activity_id", "branch_id"],
-        set_={c: statement.excluded[c] for c in columns[3:]},
+        set_={c: statement.excluded[c] for c in SUMMARY_COLUMNS[3:]},
     )
     await session.execute(statement)
 
@@ -483,23 +486,7 @@ async def rebuild_summaries(session: AsyncSession, organisation_id: int) -> None
             Participation.organisation_id,
         )
     )
-    await session.execute(
-        _insert(session)(ActivitySummary).from_select(
-            [
-                "kind",
-                "activity_id",
-                "branch_id",
-                "organisation_id",
-                "activity_at",
-                "expected",
-                "done",
-                "passed",
-                "excellent",
-                "score_sum",
-            ],
-            counts,
-        )
-    )
+    await session.execute(_insert(session)(ActivitySummary).from_select(SUMMARY_COLUMNS, counts))
     # Days are local, which SQL cannot say the same way on both databases: add up here.
     zone = await _zone(session, organisation_id)
     days: dict[tuple[int, Any], int] = {}
