@@ -131,6 +131,7 @@ class App:
             self.router.renderers,
             budget,
             worker_id=self.worker_id,
+            read_sessionmaker=self.read_sessionmaker,
         )
         services.wake_sender = self.sender.wake
         self.scheduler = Scheduler(
