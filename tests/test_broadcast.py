@@ -47,6 +47,7 @@ from bot.context import Services
 from bot.db.models import Broadcast, Delivery, Member, MemberIdentity
 from bot.messenger import Messenger, OutMessage, SentRef
 from bot.text import plain, to_data
+from tests.broadcast_sender import APP_BUDGET
 from tests.fakes.telegram_api import Call, FakeTelegram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -702,9 +703,10 @@ def read(path: Path) -> str:
 
 
 async def spawn_sender(
-    env: Env, worker_id: str, now: datetime, rate: float, log: Path
+    env: Env, worker_id: str, now: datetime, rate: float | None, log: Path
 ) -> asyncio.subprocess.Process:
-    """tests/broadcast_sender.py against this test's database and fake server."""
+    """tests/broadcast_sender.py against this test's database and fake server; ``rate``
+    None keeps the App's own budget."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("ZHIBU_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -715,7 +717,7 @@ async def spawn_sender(
         env.tg.token,
         worker_id,
         now.isoformat(),
-        str(rate),
+        APP_BUDGET if rate is None else str(rate),
         cwd=ROOT,
         env={**child_env, "PYTHONPATH": str(ROOT)},
         stdin=asyncio.subprocess.DEVNULL,
@@ -862,3 +864,72 @@ async def test_senders_finishing_together_still_complete_every_broadcast(env: En
         assert (await env.get(bid)).completed_at is not None, bid
     reports = Counter(r.payload["broadcast_id"] for r in await env.reports())
     assert reports == Counter(broadcasts)
+
+
+# --- one rate for every process (PostgreSQL) -----------------------------------------------
+
+
+async def two_app_senders(env: Env, tmp_path: Path) -> list[asyncio.subprocess.Process]:
+    """Two bot processes on this database, each with the App's own budget."""
+    procs = []
+    # One after the other: both load the content pack at start-up.
+    for name in ("proc-a", "proc-b"):
+        procs.append(await spawn_sender(env, name, START, None, tmp_path / f"{name}.log"))
+    return procs
+
+
+@pytest.mark.postgres
+async def test_two_processes_together_stay_under_the_bots_rate(env: Env, tmp_path: Path) -> None:
+    """Telegram limits the bot, not each process: two processes share one 28.8/s."""
+    total = 200
+    people = await env.people(total)
+    procs = await two_app_senders(env, tmp_path)
+    try:
+        bid = await env.broadcast(people)  # both pick it up at their next poll
+        await wait_until_finished(env, timeout=60)
+    finally:
+        for name, proc in zip(("proc-a", "proc-b"), procs, strict=True):
+            await stop_sender(proc, tmp_path / f"{name}.log")
+
+    assert await env.counts(bid) == {"sent": total}
+    # Nobody twice, and both processes took part.
+    assert len(env.sends()) == total and not env.sends(ok=False)
+    assert all(len(env.received(p)) == 1 for p in people)
+    by_worker = Counter(d.worker for d in (await env.deliveries(bid)).values())
+    assert set(by_worker) == {"proc-a", "proc-b"} and all(by_worker.values()), by_worker
+    # Together never more than Telegram's 30 in any second, as the server saw them
+    # (each process alone paces at 28.8/s; two per-process budgets would reach ~57).
+    busiest = env.tg.busiest_window("sendMessage")
+    assert busiest <= 30, busiest
+    assert busiest >= 15, busiest  # and they did send together, near the rate
+
+
+@pytest.mark.postgres
+async def test_a_429_seen_by_one_process_pauses_the_other(env: Env, tmp_path: Path) -> None:
+    total = 120
+    people = await env.people(total)
+    # Some way into the broadcast, whichever process sends to this chat is told to wait.
+    limited = people[40]
+    env.tg.fail_next("sendMessage", status=429, retry_after=2, chat_id=limited.tg_id)
+    procs = await two_app_senders(env, tmp_path)
+    try:
+        bid = await env.broadcast(people)
+        await wait_until_finished(env, timeout=60)
+    finally:
+        for name, proc in zip(("proc-a", "proc-b"), procs, strict=True):
+            await stop_sender(proc, tmp_path / f"{name}.log")
+
+    assert await env.counts(bid) == {"sent": total}
+    assert all(len(env.received(p)) == 1 for p in people)
+    (refused,) = env.sends(ok=False)
+    by_worker = {d.chat_id: d.worker for d in (await env.deliveries(bid)).values()}
+    # Sends already under way, and the other process's current block of slots (a tenth
+    # of a second), may still arrive; after that nothing until the pause is over, from
+    # either process.
+    during = [c for c in env.sends() if refused.at + 0.3 < c.at < refused.at + 1.95]
+    assert not during, [
+        (round(c.at - refused.at, 3), by_worker[str(c.params["chat_id"])]) for c in during
+    ]
+    # Both were sending before it (so the other one really was held back).
+    before = {by_worker[str(c.params["chat_id"])] for c in env.sends() if c.at < refused.at}
+    assert before == {"proc-a", "proc-b"}, before
