@@ -299,13 +299,31 @@ class _Pass:
     """One pass of the pipeline: claimed rows waiting for a send worker, outcomes
     waiting to be recorded, and how many rows are claimed and not yet recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int, claim: int) -> None:
         self.ready: asyncio.Queue[tuple[_Claimed, _Message] | None] = asyncio.Queue()
         self.outcomes: list[tuple[_Claimed, _Outcome]] = []
         self.in_flight = 0
         self.claimed = 0
-        self.changed = asyncio.Event()  # an outcome arrived, or rows were recorded
+        self.window, self.claim = window, claim
+        # Claim the next batch when fewer than this many rows wait for a worker; record
+        # outcomes in batches of this many (or after RECORD_DELAY).
+        self.ahead = self.batch = max(window, claim // 2)
+        # Set only when the task waiting on it has something to do, not for every
+        # message: at hundreds of messages a second, needless wake-ups add up.
+        self.room = asyncio.Event()  # the claimer may claim
+        self.to_record = asyncio.Event()  # a first outcome, or a full batch, or the end
         self.finished = False  # every send worker has stopped
+
+    def may_claim(self) -> bool:
+        # Ahead of the workers, but never more than two claims unrecorded.
+        return self.ready.qsize() < self.ahead and self.in_flight + self.claim <= 2 * self.claim
+
+    def add(self, row: _Claimed, outcome: _Outcome) -> None:
+        self.outcomes.append((row, outcome))
+        if len(self.outcomes) in (1, self.batch):
+            self.to_record.set()
+        if self.may_claim():
+            self.room.set()
 
 
 class BroadcastSender:
@@ -419,7 +437,7 @@ class BroadcastSender:
     async def _pass(self, claims: int | None = None) -> int:
         """Claim, send and record until a claim comes back empty (or after ``claims``
         claims); the number of rows claimed."""
-        run = _Pass()
+        run = _Pass(self.window, self.claim)
         failed: Exception | None = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -436,7 +454,7 @@ class BroadcastSender:
                 await asyncio.gather(*workers)
                 # Not cancelled: it may be in the middle of recording a batch.
                 run.finished = True
-                run.changed.set()
+                run.to_record.set()
                 await recorder
             if failed is not None:
                 raise failed
@@ -447,13 +465,11 @@ class BroadcastSender:
         return run.claimed
 
     async def _claimer(self, run: _Pass, claims: int | None) -> None:
-        ahead = max(self.window, self.claim // 2)
         while not self._stopping and (claims is None or claims > 0):
-            # Claim ahead while the previous batch is still going out, but never hold
-            # more than two batches' worth of rows unrecorded.
-            while run.ready.qsize() >= ahead or run.in_flight + self.claim > 2 * self.claim:
-                run.changed.clear()
-                await run.changed.wait()
+            # Claim ahead while the previous batch is still going out.
+            while not run.may_claim():
+                run.room.clear()
+                await run.room.wait()
                 if self._stopping:
                     return
             # Rows claimed during a 429 pause would only be given straight back, again
@@ -480,30 +496,30 @@ class BroadcastSender:
                 outcome = self._given_back(row)
             else:
                 outcome = await self._send_one(row, message)
-            run.outcomes.append((row, outcome))
-            run.changed.set()
+            run.add(row, outcome)
 
     async def _recorder(self, run: _Pass) -> None:
         """Record outcomes in batches: whatever piled up during one transaction goes
         into the next, so batches grow as large as the database needs. A batch waits
-        for ``window`` outcomes, or RECORD_DELAY after its first: at a paced 30/s that
-        is a few transactions a second rather than one per message."""
+        for half a claim's outcomes, or RECORD_DELAY after its first: at a paced 30/s
+        that is a few transactions a second rather than one per message, and at full
+        speed few enough that the database's thread does not hold up the sends."""
         loop = asyncio.get_running_loop()
         while True:
             while not run.outcomes:
                 if run.finished:
                     return
-                run.changed.clear()
-                await run.changed.wait()
+                run.to_record.clear()
+                await run.to_record.wait()
             deadline = loop.time() + RECORD_DELAY
             while (
-                len(run.outcomes) < self.window
+                len(run.outcomes) < run.batch
                 and not run.finished
                 and (left := deadline - loop.time()) > 0
             ):
-                run.changed.clear()
+                run.to_record.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.changed.wait(), left)
+                    await asyncio.wait_for(run.to_record.wait(), left)
             await self._flush(run)
 
     async def _flush(self, run: _Pass) -> None:
@@ -512,7 +528,8 @@ class BroadcastSender:
         batch, run.outcomes = run.outcomes, []
         await self._record(batch)
         run.in_flight -= len(batch)
-        run.changed.set()
+        if run.may_claim():
+            run.room.set()
 
     def _given_back(self, row: _Claimed) -> _Outcome:
         return _Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
