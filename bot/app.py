@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.broadcast import BroadcastSender, SendBudget
+from bot.broadcast import BroadcastSender
 from bot.clock import Clock, SystemClock
 from bot.config import ConfigError, Settings
 from bot.content import admin_branch_id, load_pack, sync_pack
@@ -39,6 +39,7 @@ from bot.oaths import load_oath_pack, plan_campaigns, store_oath_texts
 from bot.quizbank import load_pack_banks, store_bank
 from bot.routing import Dispatcher, Router
 from bot.scheduler import Scheduler
+from bot.send_budget import budget_for
 
 if TYPE_CHECKING:
     from bot.web import WebServer
@@ -135,7 +136,14 @@ class App:
         )
         # Stay a little under the platform's limits: its counting window and ours never
         # line up exactly, and a 429 costs far more than the few percent kept back.
-        budget = SendBudget(capabilities.send_rate * 0.96, capabilities.per_chat_rate)
+        # On PostgreSQL every process of this bot shares one budget: Telegram's limits
+        # are per bot, not per process.
+        budget = budget_for(
+            self.engine,
+            self.messenger.platform,
+            capabilities.send_rate * 0.96,
+            capabilities.per_chat_rate,
+        )
         self.sender = BroadcastSender(
             self.sessionmaker,
             self.messenger,
@@ -143,6 +151,7 @@ class App:
             self.router.renderers,
             budget,
             worker_id=self.worker_id,
+            read_sessionmaker=self.read_sessionmaker,
         )
         services.wake_sender = self.sender.wake
         self.scheduler = Scheduler(

@@ -1,7 +1,7 @@
 """Durable fan-out: one delivery row per recipient, sent at the messenger's pace.
 
 A broadcast's recipients are materialised as ``delivery`` rows in the same transaction
-that creates it, before anything is sent. Senders then claim small windows of due rows
+that creates it, before anything is sent. Senders then claim batches of due rows
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several processes never claim the same
 row), send them, and record each outcome. Every row ends as sent, failed (with the
 reason) or unknown:
@@ -10,8 +10,13 @@ reason) or unknown:
 * ``sending``  — claimed by a sender until ``lease_until``;
 * ``sent`` / ``failed``;
 * ``unknown``  — a sender died while the row was claimed: it may or may not have gone
-  out. Only a claimed window (at most ``window`` rows) can end up here, and a secretary
-  can resend them.
+  out. Only rows claimed and not yet recorded can end up here: at most two claims'
+  worth (``2 * claim``, 128 rows by default, about 4.5 s of sending at Telegram's
+  30/s), because the sender claims the next batch while the previous one is still
+  going out. A secretary can resend them. A clean stop gives unsent rows back instead.
+
+Pacing is :mod:`bot.send_budget`'s: in-process on SQLite (one bot process), shared
+through the database by every process on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,7 +46,22 @@ from bot.messenger import (
     TransientFailure,
 )
 from bot.routing import Renderer
+from bot.send_budget import CATCH_UP, Budget, SendBudget
 from bot.text import split
+
+__all__ = [
+    "CATCH_UP",
+    "DIRECT",
+    "NO_CHAT",
+    "REPORT",
+    "BroadcastSender",
+    "Budget",
+    "SendBudget",
+    "counts",
+    "create_broadcast",
+    "resend",
+    "withdraw",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +73,10 @@ SENT, FAILED, UNKNOWN = (
 )
 OPEN_STATUSES = (PENDING, SENDING)
 NO_CHAT = "not reachable on this messenger (never started the bot here)"
-# How far behind its timeline the pacing may run and still catch up (see SendBudget).
-CATCH_UP = 0.02
 # How often a sender looks for rows a dead sender left claimed (see _claim).
 SWEEP_EVERY = timedelta(seconds=15)
+# How long a finished send may wait for others to be recorded with it (see _recorder).
+RECORD_DELAY = 0.25
 # A message to one member whose text was written when it was queued (ctx.notify).
 DIRECT = "direct"
 # Sent to ``payload["report_to"]`` once a broadcast has no deliveries left in flight.
@@ -245,72 +264,6 @@ async def counts(session: AsyncSession, broadcast_id: int) -> dict[str, int]:
     return {status: n for status, n in rows.all()}
 
 
-# --- pacing ---------------------------------------------------------------------------
-
-
-class SendBudget:
-    """The messenger's send limits for this process: a global rate and a per-chat rate.
-
-    Sends get evenly spaced slots on an absolute timeline rather than bursts, because
-    Telegram counts messages in a sliding window: a burst at a window's edge followed by
-    the full rate would exceed it. Absolute slots (not "wait an interval after the last
-    one", which a leaky bucket such as aiolimiter does) also make up for timers that
-    fire late, which otherwise cost a few percent of the rate on a busy machine.
-    """
-
-    def __init__(self, per_second: float, per_chat_per_second: float) -> None:
-        self._interval = 1.0 / per_second
-        self._next_slot = 0.0
-        # 5% over the exact gap: two requests to one chat a whole gap apart here can
-        # reach the server a millisecond closer (a fresh connection for the first one),
-        # and at one message a second that alone is a 429.
-        self._chat_gap = 1.05 / per_chat_per_second
-        self._chat_next: OrderedDict[str, float] = OrderedDict()
-        self._paused_until = 0.0
-
-    async def acquire(self, chat_id: str) -> None:
-        # Round again if a 429 arrived while we waited for our slot: sending the moment
-        # the pause ends, together with everyone else who waited, is a burst (and more
-        # 429s).
-        while True:
-            await self._wait_pause()
-            now = time.monotonic()
-            ready = self._chat_next.get(chat_id, 0.0)
-            self._chat_next[chat_id] = max(now, ready) + self._chat_gap
-            self._chat_next.move_to_end(chat_id)
-            if len(self._chat_next) > 10_000:
-                self._chat_next.popitem(last=False)
-            if ready > now:
-                await asyncio.sleep(ready - now)
-            now = time.monotonic()
-            # Make up for timers that fire a little late, but never for a real stall:
-            # sends whose slots lie far in the past would go out as a burst, and a
-            # burst inside Telegram's one-second window is a 429.
-            slot = max(self._next_slot, now - CATCH_UP)
-            self._next_slot = slot + self._interval
-            if slot > now:
-                await asyncio.sleep(slot - now)
-            if not self.paused:
-                return
-
-    def pause(self, seconds: float) -> None:
-        """Telegram said 429: nobody in this process sends until it has passed."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
-    @property
-    def paused(self) -> bool:
-        return time.monotonic() < self._paused_until
-
-    async def resumed(self) -> None:
-        """Return once no 429 pause is in force."""
-        await self._wait_pause()
-
-    async def _wait_pause(self) -> None:
-        # A loop, not an event: another 429 while waiting pushes the end further out.
-        while (delay := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(delay)
-
-
 # --- sending --------------------------------------------------------------------------
 
 
@@ -329,6 +282,9 @@ class _RenderFailed:
     error: str
 
 
+_Message = OutMessage | _RenderFailed | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     status: str
@@ -339,9 +295,48 @@ class _Outcome:
     sent_at: datetime | None = None
 
 
+class _Pass:
+    """One pass of the pipeline: claimed rows waiting for a send worker, outcomes
+    waiting to be recorded, and how many rows are claimed and not yet recorded."""
+
+    def __init__(self, window: int, claim: int) -> None:
+        self.ready: asyncio.Queue[tuple[_Claimed, _Message] | None] = asyncio.Queue()
+        self.outcomes: list[tuple[_Claimed, _Outcome]] = []
+        self.in_flight = 0
+        self.claimed = 0
+        self.window, self.claim = window, claim
+        # Claim the next batch when fewer than this many rows wait for a worker; record
+        # outcomes in batches of this many (or after RECORD_DELAY).
+        self.ahead = self.batch = max(window, claim // 2)
+        # Set only when the task waiting on it has something to do, not for every
+        # message: at hundreds of messages a second, needless wake-ups add up.
+        self.room = asyncio.Event()  # the claimer may claim
+        self.to_record = asyncio.Event()  # a first outcome, or a full batch, or the end
+        self.finished = False  # every send worker has stopped
+
+    def may_claim(self) -> bool:
+        # Ahead of the workers, but never more than two claims unrecorded.
+        return self.ready.qsize() < self.ahead and self.in_flight + self.claim <= 2 * self.claim
+
+    def add(self, row: _Claimed, outcome: _Outcome) -> None:
+        self.outcomes.append((row, outcome))
+        if len(self.outcomes) in (1, self.batch):
+            self.to_record.set()
+        if self.may_claim():
+            self.room.set()
+
+
 class BroadcastSender:
     """Works through due deliveries. One per process; several processes may share a
-    PostgreSQL database (rows are claimed with SKIP LOCKED)."""
+    PostgreSQL database (rows are claimed with SKIP LOCKED).
+
+    A pass is a pipeline, so the sends never wait for the database: one task claims
+    ``claim`` rows at a time (and renders them) while the previous ones are still
+    going out; ``window`` send workers take rows one by one, each at its own paced
+    slot; one task records finished outcomes in batches, a transaction per batch.
+    At most ``2 * claim`` rows are claimed and not yet recorded at any moment: that is
+    what a SIGKILL can leave ``unknown``.
+    """
 
     def __init__(
         self,
@@ -349,55 +344,79 @@ class BroadcastSender:
         messenger: Messenger,
         services: Services,
         renderers: Mapping[str, Renderer],
-        budget: SendBudget,
+        budget: Budget,
         *,
         worker_id: str,
         window: int = 8,
+        claim: int = 64,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         idle_poll: float = 1.0,
+        read_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+        stop_timeout: float = 10.0,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Rendering only reads; on SQLite a session of the main engine would take the
+        # write lock (BEGIN IMMEDIATE) and hold up the claims and records meanwhile.
+        self.read_sessionmaker = read_sessionmaker or sessionmaker
         self.messenger = messenger
         self.services = services
         self.renderers = renderers
         self.budget = budget
         self.worker_id = worker_id
         self.window = window
+        self.claim = max(claim, 1)
         self.lease = lease
         self.max_attempts = max_attempts
         self.idle_poll = idle_poll
+        self.stop_timeout = stop_timeout
         self._wake = asyncio.Event()
+        self._stopping = False
         self._last_sweep: datetime | None = None
         self._task: asyncio.Task[None] | None = None
-        self._rendered: OrderedDict[tuple[int, str], OutMessage | None] = OrderedDict()
+        # Rows of each broadcast this process has claimed and not yet recorded. While a
+        # broadcast has any, it cannot be complete, so recording others of its rows
+        # need not ask the database whether it is.
+        self._open: Counter[int] = Counter()
 
     # --- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="broadcast-sender")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Stop claiming; give back rows claimed but not sent, record what was sent.
+
+        Sends already on the wire finish (within ``stop_timeout``), so a clean stop
+        leaves nothing ``sending`` for the lease sweep to call ``unknown``.
+        """
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.stop_timeout)
+        except TimeoutError:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
 
     def wake(self) -> None:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Cleared before the pass, not after: a wake() during the pass must not be
             # lost (it would cost up to idle_poll of delay).
             self._wake.clear()
             try:
-                sent = await self.send_due()
+                sent = await self._pass()
             except Exception:
                 log.exception("broadcast sender pass failed; retrying")
                 sent = 0
-            if sent:
+            if sent or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle_poll)
@@ -405,33 +424,122 @@ class BroadcastSender:
     async def drain(self) -> int:
         """Send everything that is due now (tests and the CLI use this)."""
         total = 0
-        while n := await self.send_due():
+        while n := await self._pass():
             total += n
         return total
 
-    # --- one window ------------------------------------------------------------------
-
     async def send_due(self) -> int:
-        """Claim one window of due deliveries, send them, record the outcomes."""
-        # Rows claimed during a 429 pause would only be given straight back, again and
-        # again until it ends: a busy loop of write transactions.
-        await self.budget.resumed()
-        now = self.services.clock.now()
-        claimed = await self._claim(now)
-        if not claimed:
-            return 0
-        # Shared messages are rendered once per window and language, never kept longer:
-        # a notice edited while its broadcast is going out must not keep its old text.
-        self._rendered.clear()
-        messages = await self._render(claimed, now)
-        outcomes = await asyncio.gather(*(self._send_one(row, messages) for row in claimed))
-        await self._record(dict(zip((row.id for row in claimed), outcomes, strict=True)), claimed)
-        return len(claimed)
+        """Claim one batch of due deliveries (``claim`` rows), send them, record them."""
+        return await self._pass(claims=1)
+
+    # --- one pass --------------------------------------------------------------------
+
+    async def _pass(self, claims: int | None = None) -> int:
+        """Claim, send and record until a claim comes back empty (or after ``claims``
+        claims); the number of rows claimed."""
+        run = _Pass(self.window, self.claim)
+        failed: Exception | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                recorder = group.create_task(self._recorder(run))
+                workers = [group.create_task(self._worker(run)) for _ in range(self.window)]
+                try:
+                    await self._claimer(run, claims)
+                except Exception as exc:
+                    # The rows already claimed still go out and get recorded.
+                    failed = exc
+                finally:
+                    for _ in workers:
+                        run.ready.put_nowait(None)
+                await asyncio.gather(*workers)
+                # Not cancelled: it may be in the middle of recording a batch.
+                run.finished = True
+                run.to_record.set()
+                await recorder
+            if failed is not None:
+                raise failed
+        finally:
+            # Anything still claimed is left to the lease sweep, which checks
+            # completion itself; a later pass must not think it still holds those rows.
+            self._open.clear()
+        return run.claimed
+
+    async def _claimer(self, run: _Pass, claims: int | None) -> None:
+        while not self._stopping and (claims is None or claims > 0):
+            # Claim ahead while the previous batch is still going out.
+            while not run.may_claim():
+                run.room.clear()
+                await run.room.wait()
+                if self._stopping:
+                    return
+            # Rows claimed during a 429 pause would only be given straight back, again
+            # and again until it ends: a busy loop of write transactions.
+            await self.budget.resumed()
+            now = self.services.clock.now()
+            claimed = await self._claim(now)
+            if not claimed:
+                return
+            run.claimed += len(claimed)
+            run.in_flight += len(claimed)
+            self._open.update(row.broadcast_id for row in claimed)
+            messages = await self._render(claimed, now)
+            for row in claimed:
+                run.ready.put_nowait((row, messages[row.id]))
+            if claims is not None:
+                claims -= 1
+
+    async def _worker(self, run: _Pass) -> None:
+        while (item := await run.ready.get()) is not None:
+            row, message = item
+            if self._stopping:
+                # Not attempted: give the claim back without counting an attempt.
+                outcome = self._given_back(row)
+            else:
+                outcome = await self._send_one(row, message)
+            run.add(row, outcome)
+
+    async def _recorder(self, run: _Pass) -> None:
+        """Record outcomes in batches: whatever piled up during one transaction goes
+        into the next, so batches grow as large as the database needs. A batch waits
+        for half a claim's outcomes, or RECORD_DELAY after its first: at a paced 30/s
+        that is a few transactions a second rather than one per message, and at full
+        speed few enough that the database's thread does not hold up the sends."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not run.outcomes:
+                if run.finished:
+                    return
+                run.to_record.clear()
+                await run.to_record.wait()
+            deadline = loop.time() + RECORD_DELAY
+            while (
+                len(run.outcomes) < run.batch
+                and not run.finished
+                and (left := deadline - loop.time()) > 0
+            ):
+                run.to_record.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.to_record.wait(), left)
+            await self._flush(run)
+
+    async def _flush(self, run: _Pass) -> None:
+        if not run.outcomes:
+            return
+        batch, run.outcomes = run.outcomes, []
+        await self._record(batch)
+        run.in_flight -= len(batch)
+        if run.may_claim():
+            run.room.set()
+
+    def _given_back(self, row: _Claimed) -> _Outcome:
+        return _Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
+
+    # --- the database ----------------------------------------------------------------
 
     async def _claim(self, now: datetime) -> list[_Claimed]:
         async with self.sessionmaker.begin() as session:
             # Rows a dead sender left claimed may or may not have gone out. Looked for
-            # every so often, not every window: it is a write, and leases last minutes.
+            # every so often, not every claim: it is a write, and leases last minutes.
             if self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY:
                 stale = None
             else:
@@ -449,7 +557,7 @@ class BroadcastSender:
                 select(Delivery.id)
                 .where(Delivery.status == PENDING, Delivery.next_attempt_at <= now)
                 .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(self.window)
+                .limit(self.claim)
                 .with_for_update(skip_locked=True)
             )
             ids = list((await session.scalars(due)).all())
@@ -476,12 +584,14 @@ class BroadcastSender:
             claimed = [_Claimed(*row) for row in rows.all()]
         return sorted(claimed, key=lambda row: row.id)
 
-    async def _render(
-        self, claimed: Sequence[_Claimed], now: datetime
-    ) -> dict[int, OutMessage | _RenderFailed | None]:
-        """The message for each claimed row; shared ones are rendered once per language."""
-        out: dict[int, OutMessage | _RenderFailed | None] = {}
-        async with self.sessionmaker() as session:
+    async def _render(self, claimed: Sequence[_Claimed], now: datetime) -> dict[int, _Message]:
+        """The message for each claimed row. One without a payload of its own is the
+        same for every recipient with its language, so it is rendered once per claim:
+        never kept longer, as a notice edited while its broadcast is going out must not
+        keep its old text."""
+        out: dict[int, _Message] = {}
+        shared: dict[tuple[int, str], _Message] = {}
+        async with self.read_sessionmaker() as session:
             broadcasts = {
                 b.id: b
                 for b in await session.scalars(
@@ -489,24 +599,21 @@ class BroadcastSender:
                 )
             }
             for row in claimed:
-                cache_key = (row.broadcast_id, row.language)
-                if row.payload is None and cache_key in self._rendered:
-                    out[row.id] = self._rendered[cache_key]
+                key = (row.broadcast_id, row.language)
+                if row.payload is None and key in shared:
+                    out[row.id] = shared[key]
                     continue
                 try:
-                    message = await self._render_one(
+                    message: _Message = await self._render_one(
                         session, broadcasts[row.broadcast_id], row, now
                     )
                 except Exception as exc:
-                    # One bad row must not leave its whole window claimed ("unknown").
+                    # One bad row must not leave its whole batch claimed ("unknown").
                     log.exception("rendering delivery %s failed", row.id)
-                    out[row.id] = _RenderFailed(f"could not render the message: {exc!r}"[:300])
-                    continue
+                    message = _RenderFailed(f"could not render the message: {exc!r}"[:300])
                 out[row.id] = message
                 if row.payload is None:
-                    self._rendered[cache_key] = message
-                    if len(self._rendered) > 256:
-                        self._rendered.popitem(last=False)
+                    shared[key] = message
         return out
 
     async def _render_one(
@@ -526,10 +633,51 @@ class BroadcastSender:
         )
         return await render(ctx)
 
-    async def _send_one(
-        self, row: _Claimed, messages: Mapping[int, OutMessage | _RenderFailed | None]
-    ) -> _Outcome:
-        message = messages[row.id]
+    async def _record(self, outcomes: Sequence[tuple[_Claimed, _Outcome]]) -> None:
+        now = self.services.clock.now()
+        table = Base.metadata.tables[Delivery.__tablename__]
+        # Only rows this worker still owns: if its lease ran out and another worker took
+        # a row over, that worker's outcome is the one that counts.
+        statement = update(table).where(
+            table.c.id == bindparam("row_id"), table.c.worker == self.worker_id
+        )
+        # A broadcast can only have become complete if this batch holds the last of its
+        # rows this process had claimed: the others are still "sending".
+        for row, _ in outcomes:
+            self._open[row.broadcast_id] -= 1
+        settled = {row.broadcast_id for row, _ in outcomes if self._open[row.broadcast_id] <= 0}
+        for broadcast_id in settled:
+            del self._open[broadcast_id]
+        async with self.sessionmaker.begin() as session:
+            connection = await session.connection()
+            await connection.execute(
+                statement,
+                [
+                    {
+                        "row_id": row.id,
+                        "status": o.status,
+                        "attempts": o.attempts,
+                        "next_attempt_at": o.next_attempt_at or now,
+                        "error": o.error,
+                        "message_id": o.message_id,
+                        "sent_at": o.sent_at,
+                        "lease_until": None,
+                    }
+                    for row, o in outcomes
+                ],
+            )
+            if settled:
+                await self._complete(session, settled, now)
+
+    async def _complete(
+        self, session: AsyncSession, broadcast_ids: set[int], now: datetime
+    ) -> None:
+        if await _finish(session, self.services, broadcast_ids, now):
+            self.wake()
+
+    # --- one row ---------------------------------------------------------------------
+
+    async def _send_one(self, row: _Claimed, message: _Message) -> _Outcome:
         if message is None:
             return _Outcome(FAILED, row.attempts, error="withdrawn: nothing to send any more")
         if isinstance(message, _RenderFailed):
@@ -540,7 +688,7 @@ class BroadcastSender:
             return _Outcome(FAILED, row.attempts, error="nothing to send: the message is empty")
         if self.budget.paused:
             # Not attempted: give the claim back without counting an attempt.
-            return _Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
+            return self._given_back(row)
         try:
             ref = None
             for i, piece in enumerate(pieces):
@@ -572,7 +720,7 @@ class BroadcastSender:
         except MessengerError as exc:
             return _Outcome(FAILED, row.attempts, error=str(exc)[:300])
         except Exception as exc:
-            # An adapter bug must not lose the window's other outcomes (they would all
+            # An adapter bug must not lose the batch's other outcomes (they would all
             # end up "unknown"); this row is recorded as failed, with the reason.
             log.exception("unexpected error sending delivery %s", row.id)
             return _Outcome(FAILED, row.attempts, error=f"unexpected error: {exc!r}"[:300])
@@ -582,37 +730,3 @@ class BroadcastSender:
             message_id=ref.message_id if ref else None,
             sent_at=self.services.clock.now(),
         )
-
-    async def _record(self, outcomes: Mapping[int, _Outcome], claimed: Sequence[_Claimed]) -> None:
-        now = self.services.clock.now()
-        table = Base.metadata.tables[Delivery.__tablename__]
-        # Only rows this worker still owns: if its lease ran out and another worker took
-        # a row over, that worker's outcome is the one that counts.
-        statement = update(table).where(
-            table.c.id == bindparam("row_id"), table.c.worker == self.worker_id
-        )
-        async with self.sessionmaker.begin() as session:
-            connection = await session.connection()
-            await connection.execute(
-                statement,
-                [
-                    {
-                        "row_id": row_id,
-                        "status": o.status,
-                        "attempts": o.attempts,
-                        "next_attempt_at": o.next_attempt_at or now,
-                        "error": o.error,
-                        "message_id": o.message_id,
-                        "sent_at": o.sent_at,
-                        "lease_until": None,
-                    }
-                    for row_id, o in outcomes.items()
-                ],
-            )
-            await self._complete(session, {row.broadcast_id for row in claimed}, now)
-
-    async def _complete(
-        self, session: AsyncSession, broadcast_ids: set[int], now: datetime
-    ) -> None:
-        if await _finish(session, self.services, broadcast_ids, now):
-            self.wake()

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -328,6 +329,20 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(String(300))
+
+
+class SendBudgetRow(Base):
+    """One bot's send rate, shared by every process sending for it (PostgreSQL only;
+    see bot/send_budget.py). Times are seconds since the epoch on the database's clock,
+    the one clock every process sees."""
+
+    __tablename__ = "send_budget"
+
+    bot: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The first send slot nobody has taken yet.
+    next_slot: Mapped[float] = mapped_column(Float, default=0.0)
+    # A 429's retry_after, as seen by any process: nobody sends before this.
+    paused_until: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 # --- scheduled work ---------------------------------------------------------------

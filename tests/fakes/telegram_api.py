@@ -801,6 +801,20 @@ class FakeTelegram:
         canonical = self._canonical(method)
         return [call for call in self.calls if call.method == canonical]
 
+    def busiest_window(self, method: str, span: float = 1.0, status: int | None = None) -> int:
+        """Most requests to ``method`` (answered ``status``, if given) that arrived within
+        any ``span`` seconds: what a sliding-window rate limit such as Telegram's counts,
+        whether or not this server enforces one (``set_rate_limit``)."""
+        times = sorted(
+            call.at for call in self.calls_to(method) if status is None or call.status == status
+        )
+        best, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - span:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
+
     def messages_to(self, chat_id: int) -> list[JSONDict]:
         """Messages the bot sent to the chat and has not deleted, as they look now."""
         chat = self._chats.get(chat_id)
