@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import broadcast, me_roundtrip, quiz_answers, stats
+from . import broadcast, me_roundtrip, quiz_answers, stats, webhook_scaling
 from .harness import BenchError, Report, quiet_logging, write_json
 
 Progress = Callable[[str], None] | None
@@ -61,11 +61,23 @@ async def _stats(args: argparse.Namespace, progress: Progress) -> Report:
     )
 
 
+async def _webhook(args: argparse.Namespace, progress: Progress) -> Report:
+    return await webhook_scaling.run(
+        updates=args.updates,
+        users=args.users,
+        repeats=args.repeats,
+        warmup_updates=args.warmup_updates,
+        database_url=args.database_url,
+        progress=progress,
+    )
+
+
 BENCHMARKS: dict[str, Suite] = {
     me_roundtrip.NAME: _me_roundtrip,
     broadcast.NAME: _broadcast,
     quiz_answers.NAME: _quiz,
     stats.NAME: _stats,
+    webhook_scaling.NAME: _webhook,
 }
 
 
@@ -124,7 +136,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--database-url",
         metavar="URL",
         help="quiz: also run on this PostgreSQL server (postgresql+asyncpg://...), in a "
-        f"scratch database {quiz_answers.SCRATCH_DATABASE} created and dropped there",
+        f"scratch database {quiz_answers.SCRATCH_DATABASE} created and dropped there; "
+        "webhook: required, scratch database <its name>_webhook",
     )
     parser.add_argument(
         "--members",
