@@ -221,7 +221,8 @@ class ScalingReport:
         console.print(
             f"scaling factor (2 workers / 1 worker): {self.comparison.ratio:.2f}; "
             f"this machine has {os.cpu_count()} cores shared with other work, so two "
-            "workers, nginx, PostgreSQL and the load generator all compete for them.",
+            "workers, nginx, PostgreSQL and the load generator all compete for them "
+            f"(load average {self.comparison.parameters['load_average']} after the runs).",
             highlight=False,
         )
         table = Table(title="CPU seconds (user+sys) per measured run, median", title_justify="left")
@@ -351,6 +352,8 @@ async def _run(
             "warmup_updates": warmup_updates,
             "concurrency": CONCURRENCY,
             "cpus": os.cpu_count(),
+            # Other work shares the cores: the load when the runs ended says how much.
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         },
         floor_name="1 worker",
         subject_name="2 workers",
