@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import html
 import os
 import statistics
@@ -127,7 +128,7 @@ class Site:
             "nginx": lambda: [self.nginx_pid, *_children(self.nginx_pid)],
         }
         for i, worker in enumerate(self.workers, 1):
-            groups[f"worker {i}"] = lambda pid=worker.pid: [pid]
+            groups[f"worker {i}"] = functools.partial(list, (worker.pid,))
         return Processes(groups)
 
 

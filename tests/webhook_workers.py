@@ -77,9 +77,9 @@ def _settings(url: str) -> Settings:
     # No .env: a developer's own settings must not leak in.
     return Settings(
         adapter="console",
-        database={"url": url},  # type: ignore[arg-type]
+        database={"url": url},
         admins=[],
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 
