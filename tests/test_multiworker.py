@@ -2,9 +2,10 @@
 ``zhibu run`` processes (webhook mode, python-telegram-bot) on one PostgreSQL database,
 with Telegram played by FakeTelegram enforcing 30 messages a second per bot.
 
-One scenario, about a minute and a half: members ask ``/me`` (some updates delivered
-twice, some at the same moment), a notice goes out to every member from both workers,
-one worker is SIGKILLed half way, and the other carries on alone. Then: every update
+One scenario, 45-60 s here: 300 members; 60 ask ``/me`` (some updates delivered twice,
+some twice at the same moment), a notice goes out to all 300 from both workers, one
+worker is SIGKILLed a third of the way through, the other carries on alone, and 40 more
+ask ``/me`` while it is the only one. Then: every update
 was handled once, every delivery row ended sent, failed or unknown, nobody got the
 notice twice, Telegram never had to refuse a send, and nginx kept answering while a
 worker was dead.
