@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import broadcast, me_roundtrip, quiz_answers, stats
+from . import broadcast, me_roundtrip, quiz_answers, stats, webhook_scaling
 from .harness import BenchError, Report, quiet_logging, write_json
 
 Progress = Callable[[str], None] | None
@@ -61,11 +61,23 @@ async def _stats(args: argparse.Namespace, progress: Progress) -> Report:
     )
 
 
+async def _webhook(args: argparse.Namespace, progress: Progress) -> Report:
+    return await webhook_scaling.run(
+        updates=args.updates,
+        users=args.users,
+        repeats=args.repeats,
+        warmup_updates=args.warmup_updates,
+        database_url=args.database_url,
+        progress=progress,
+    )
+
+
 BENCHMARKS: dict[str, Suite] = {
     me_roundtrip.NAME: _me_roundtrip,
     broadcast.NAME: _broadcast,
     quiz_answers.NAME: _quiz,
     stats.NAME: _stats,
+    webhook_scaling.NAME: _webhook,
 }
 
 
@@ -124,7 +136,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--database-url",
         metavar="URL",
         help="quiz: also run on this PostgreSQL server (postgresql+asyncpg://...), in a "
-        "scratch database <the URL's database>_bench created and dropped there",
+        "scratch database <the URL's database>_bench created and dropped there; stats: "
+        f"also on PostgreSQL, in {stats.SCRATCH_DATABASE}; webhook: required, scratch "
+        "database <its name>_webhook",
     )
     parser.add_argument(
         "--members",
@@ -143,6 +157,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def _run_all(args: argparse.Namespace, console: Console) -> list[Report]:
     names = args.benchmarks or list(BENCHMARKS)
+    if not args.benchmarks and not args.database_url:
+        # The webhook scaling benchmark needs PostgreSQL (SQLite runs one worker).
+        names.remove(webhook_scaling.NAME)
+        console.print(f"({webhook_scaling.NAME} skipped: it needs --database-url)")
     results: list[Report] = []
     for name in names:
         if not args.quiet:

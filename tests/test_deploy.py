@@ -8,10 +8,8 @@ the nginx site by running the real nginx in front of two loopback workers.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
-import socket
 import subprocess
 import tomllib
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from bot.config import ENV_PREFIX, Settings
+from tests import nginx_site as nginx_site_files
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -290,84 +289,21 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
 # --- nginx ------------------------------------------------------------------------------
 
 
-def _workers_conf() -> str:
-    return (DEPLOY / "nginx" / "workers.conf").read_text(encoding="utf-8")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Rendered:
-    conf: Path
-    prefix: Path
-    http_port: int
-    https_port: int
-
-
-def _render(tmp: Path, worker_ports: list[int]) -> Rendered:
-    """The site as shipped, on loopback ports, without TLS, in a minimal nginx.conf."""
-    http_port, https_port = _free_port(), _free_port()
-    workers = iter(worker_ports)
-    workers_text = re.sub(
-        r"server 127\.0\.0\.1:\d+", lambda _: f"server 127.0.0.1:{next(workers)}", _workers_conf()
-    )
-    (tmp / "workers.conf").write_text(workers_text, encoding="utf-8")
-    site = (DEPLOY / "nginx" / "zhibu.conf").read_text(encoding="utf-8")
-    assert "include /etc/nginx/zhibu-workers.conf;" in site
-    site = site.replace("/etc/nginx/zhibu-workers.conf", str(tmp / "workers.conf"))
-    lines = []
-    for line in site.splitlines():
-        directive = line.strip()
-        if directive.startswith(("listen [::]", "ssl_")):
-            continue
-        if directive == "listen 80;":
-            line = f"    listen 127.0.0.1:{http_port};"
-        elif directive == "listen 443 ssl;":
-            line = f"    listen 127.0.0.1:{https_port};"
-        lines.append(line)
-    (tmp / "zhibu.conf").write_text("\n".join(lines), encoding="utf-8")
-    temp = " ".join(
-        f"{kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi")
-    )
-    (tmp / "nginx.conf").write_text(
-        f"worker_processes 1;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\n"
-        "events { worker_connections 64; }\n"
-        f"http {{ access_log off; {temp} scgi_temp_path {tmp / 'scgi'}; "
-        f"include {tmp / 'zhibu.conf'}; }}\n",
-        encoding="utf-8",
-    )
-    return Rendered(tmp / "nginx.conf", tmp, http_port, https_port)
-
-
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+_workers_conf = nginx_site_files.workers_conf
+needs_nginx = pytest.mark.skipif(
+    nginx_site_files.NGINX is None, reason=nginx_site_files.NO_NGINX_REASON
 )
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt install nginx)")
-
-
-def _nginx(rendered: Rendered, *args: str) -> list[str]:
-    assert NGINX is not None
-    return [
-        NGINX,
-        "-p",
-        f"{rendered.prefix}/",
-        "-e",
-        str(rendered.prefix / "error.log"),
-        "-c",
-        str(rendered.conf),
-        *args,
-    ]
 
 
 @needs_nginx
 def test_nginx_accepts_the_site(tmp_path: Path) -> None:
-    rendered = _render(tmp_path, [18081, 18082])
+    rendered = nginx_site_files.render(tmp_path, [18081, 18082])
     result = subprocess.run(
-        _nginx(rendered, "-t"), capture_output=True, text=True, timeout=30, check=False
+        nginx_site_files.command(rendered, "-t"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
@@ -407,39 +343,19 @@ async def workers() -> AsyncIterator[list[Worker]]:
 
 
 @pytest.fixture
-def nginx_site(tmp_path: Path, workers: list[Worker]) -> Iterator[Rendered]:
-    rendered = _render(tmp_path, [w.port for w in workers])
-    proc = subprocess.Popen(
-        _nginx(rendered, "-g", "daemon off;"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+def nginx_site(tmp_path: Path, workers: list[Worker]) -> Iterator[nginx_site_files.Rendered]:
+    rendered = nginx_site_files.render(tmp_path, [w.port for w in workers])
+    with nginx_site_files.running(rendered):
         yield rendered
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-async def _ready(port: int) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
 
 
 @needs_nginx
 async def test_nginx_publishes_only_the_webhook(
-    nginx_site: Rendered, workers: list[Worker]
+    nginx_site: nginx_site_files.Rendered, workers: list[Worker]
 ) -> None:
-    await _ready(nginx_site.https_port)
+    await nginx_site_files.wait_listening(nginx_site.https_port)
     path = _env_example()["ZHIBU_WEBHOOK__PATH"]
+    assert path == nginx_site_files.WEBHOOK_PATH
     secret = "s3cret_token-from-telegram"
     base = f"http://127.0.0.1:{nginx_site.https_port}"
     async with httpx.AsyncClient(base_url=base) as client:
