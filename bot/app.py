@@ -178,6 +178,9 @@ class App:
             self.read_sessionmaker,
             observe=self.metrics.observe,
         )
+        # A reply refused for the bot's rate pauses the broadcasts too (in every process,
+        # with the shared budget): the 429 means the bot as a whole is over the limit.
+        self.dispatcher.on_rate_limited = budget.pause
         return self.dispatcher
 
     async def start(self, *, background: bool = True) -> None:

@@ -50,11 +50,14 @@ from bot.messenger import (
     MessengerError,
     OutMessage,
     PollAnswer,
+    RateLimited,
     TextMessage,
     UnsupportedMessage,
 )
 from bot.text import as_rich, plain, split
 
+# How many times a reply refused for the bot's rate (429) is sent again.
+REPLY_RETRIES = 2
 # How long stopping waits for background work (exports) to finish.
 DRAIN_SECONDS = 60.0
 log = logging.getLogger(__name__)
@@ -285,6 +288,8 @@ class Dispatcher:
         self.handled = 0
         self._progress = asyncio.Condition()
         self._background: set[asyncio.Task[None]] = set()
+        # Told when Telegram refuses a reply for its rate (App: the send budget pauses).
+        self.on_rate_limited: Callable[[float], None] | None = None
 
     async def handle(self, event: Event) -> None:
         """Entry point for adapters. Never raises."""
@@ -616,7 +621,19 @@ class Dispatcher:
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             buttons = item.message.buttons if last else ()
-            await self.messenger.send(item.chat_id, OutMessage(piece, buttons))
+            for attempt in range(REPLY_RETRIES + 1):
+                try:
+                    await self.messenger.send(item.chat_id, OutMessage(piece, buttons))
+                    break
+                except RateLimited as exc:
+                    # Replies are not paced by the broadcast budget, so a reply during a
+                    # broadcast at full rate can be refused: wait as told and send it
+                    # again rather than lose it, and make the broadcast yield too.
+                    if attempt == REPLY_RETRIES:
+                        raise
+                    if self.on_rate_limited is not None:
+                        self.on_rate_limited(exc.retry_after)
+                    await asyncio.sleep(exc.retry_after)
 
     async def _run_background(self, item: Background) -> None:
         tools = BackgroundTools(
