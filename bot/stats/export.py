@@ -145,13 +145,20 @@ async def activity_rows(
             rows = [r for r in rows if r[3] in wanted]
         rows.sort(key=lambda r: (branches[r[3]][0], members[r[4]], r[4]))
         activity_kind = ActivityKind(kind)
+        # The same for every row of the activity (rows are rewritten together): convert
+        # each distinct value once.
+        times: dict[Any, datetime | None] = {}
         for title, at, closes, branch_id, member_id, status, done, score, passed, excellent in rows:
+            if at not in times:
+                times[at] = _when(at)
+            if closes not in times:
+                times[closes] = _when(closes)
             yield ActivityRow(
                 activity_kind,
                 activity_id,
                 title,
-                _when(at),  # type: ignore[arg-type]  # never NULL
-                _when(closes),
+                times[at],  # type: ignore[arg-type]  # never NULL
+                times[closes],
                 branches[branch_id][1],
                 member_id,
                 members[member_id],

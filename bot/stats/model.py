@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import NamedTuple
 
 from bot.db.models import ActivityKind, ParticipationStatus
 
@@ -86,9 +87,10 @@ class Trend:
     months: tuple[TrendMonth, ...]  # oldest first
 
 
-@dataclass(frozen=True)
-class ActivityRow:
-    """One member at one activity (a row of the export's activity sheets)."""
+class ActivityRow(NamedTuple):
+    """One member at one activity (a row of the export's activity sheets). A named tuple
+    rather than a frozen dataclass: an export makes 1.5 million of them, and a tuple is
+    several times cheaper to build."""
 
     kind: ActivityKind
     activity_id: int
