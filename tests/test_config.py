@@ -53,6 +53,21 @@ def test_nested_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path
         ({"ZHIBU_DATABASE__URL": "sqlite:////nonexistent/zhibu.db"}, "ZHIBU_DATABASE__URL"),
         ({"ZHIBU_NOTICES__REMINDER_HOURS": "soon"}, "ZHIBU_NOTICES"),
         ({"ZHIBU_ADMINS": "[not json"}, "ZHIBU_ADMINS"),
+        # Webhook mode.
+        (
+            {"ZHIBU_TELEGRAM__TOKEN": "1:a", "ZHIBU_WEBHOOK__URL": "https://x.org/t"},
+            "ZHIBU_WEBHOOK__SECRET_TOKEN",
+        ),
+        (
+            {"ZHIBU_WEBHOOK__URL": "https://x.org/t", "ZHIBU_WEBHOOK__SECRET_TOKEN": "abc"},
+            "ZHIBU_WEBHOOK__URL",  # the console cannot receive webhooks
+        ),
+        ({"ZHIBU_WEBHOOK__URL": "ftp://x.org/t"}, "ZHIBU_WEBHOOK__URL"),
+        ({"ZHIBU_WEBHOOK__SECRET_TOKEN": "has space"}, "ZHIBU_WEBHOOK__SECRET_TOKEN"),
+        ({"ZHIBU_WEBHOOK__SECRET_TOKEN": "x" * 257}, "ZHIBU_WEBHOOK__SECRET_TOKEN"),
+        ({"ZHIBU_WEBHOOK__PATH": "telegram"}, "ZHIBU_WEBHOOK__PATH"),
+        ({"ZHIBU_WEBHOOK__PATH": "/metrics"}, "ZHIBU_WEBHOOK__PATH"),
+        ({"ZHIBU_WEBHOOK__LISTEN_PORT": "70000"}, "ZHIBU_WEBHOOK__LISTEN_PORT"),
     ],
 )
 def test_bad_settings_name_the_setting(
