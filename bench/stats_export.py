@@ -40,8 +40,10 @@ from bot.db.models import (
 )
 from bot.i18n import translator
 from bot.stats.model import (
-    ActivityRow,
+    ActivityBlock,
     BranchStats,
+    ExportNames,
+    ParticipantRow,
     Period,
     PointsRow,
     Ratio,
@@ -90,28 +92,35 @@ def _table(branches: int = 20) -> StatsTable:
     return StatsTable("某某单位党委", YEAR, rows, total)
 
 
-def _rows(count: int) -> Iterator[ActivityRow]:
+def _blocks(count: int, members: int = 10_000) -> Iterator[ActivityBlock]:
+    """``count`` rows: activities of ``members`` rows each (the last one shorter)."""
     base = datetime(2026, 1, 5, 1, tzinfo=UTC)
     kinds = list(PLAN)
-    for i in range(count):
-        activity, member = divmod(i, 10_000)
+    for activity in range(-(-count // members)):
         kind = kinds[activity % len(kinds)]
-        done = i % 4 != 0
-        yield ActivityRow(
-            kind,
-            activity,
-            f"2026年第{activity}期学习材料",
-            base + timedelta(hours=activity),
-            None,
-            f"机关第{member % BRANCHES + 1}党支部",
-            member,
-            f"党员{member:05d}",
-            ParticipationStatus.DONE if done else ParticipationStatus.DUE,
-            base + timedelta(hours=activity, minutes=member % 600) if done else None,
-            80.0 + member % 20 if kind is ActivityKind.QUIZ and done else None,
-            True if kind is ActivityKind.QUIZ and done else None,
-            member % 3 == 0 if kind is ActivityKind.QUIZ and done else None,
-        )
+        at = base + timedelta(hours=activity)
+        quiz = kind is ActivityKind.QUIZ
+        rows: list[ParticipantRow] = []
+        for member in range(min(members, count - activity * members)):
+            done = (activity * members + member) % 4 != 0
+            rows.append(
+                (
+                    member % BRANCHES,
+                    member,
+                    ParticipationStatus.DONE if done else ParticipationStatus.DUE,
+                    at.timestamp() + 60 * (member % 600) if done else None,
+                    80.0 + member % 20 if quiz and done else None,
+                    True if quiz and done else None,
+                    member % 3 == 0 if quiz and done else None,
+                )
+            )
+        yield ActivityBlock(kind, activity, f"2026年第{activity}期学习材料", at, rows)
+
+
+NAMES = ExportNames(
+    branches={b: f"机关第{b + 1}党支部" for b in range(BRANCHES)},
+    members={m: f"党员{m:05d}" for m in range(10_000)},
+)
 
 
 def _points(members: int = 10_000) -> list[PointsRow]:
@@ -140,24 +149,26 @@ def bench_files(rows: int, baseline_rows: int, folder: Path) -> None:
     def baseline() -> None:
         wb = Workbook(write_only=True)
         ws = wb.create_sheet("rows")
-        for row in _rows(baseline_rows):
-            ws.append(
-                [
-                    row.branch,
-                    row.member,
-                    row.title,
-                    row.activity_at.astimezone(ZONE).replace(tzinfo=None),
-                    row.status.value,
-                    row.done_at.astimezone(ZONE).replace(tzinfo=None) if row.done_at else None,
-                    row.score,
-                    row.passed,
-                    row.excellent,
-                ]
-            )
+        for block in _blocks(baseline_rows):
+            at = block.activity_at.astimezone(ZONE).replace(tzinfo=None)
+            for branch, member, status, done, score, passed, excellent in block.rows:
+                ws.append(
+                    [
+                        NAMES.branches[branch],
+                        NAMES.members[member],
+                        block.title,
+                        at,
+                        str(status),
+                        datetime.fromtimestamp(done, ZONE).replace(tzinfo=None) if done else None,
+                        score,
+                        passed,
+                        excellent,
+                    ]
+                )
         wb.save(folder / "baseline.xlsx")
 
     def generate_only() -> None:
-        for _ in _rows(rows):
+        for _ in _blocks(rows):
             pass
 
     print(f"files ({rows:,} generated rows; baseline on {baseline_rows:,}):")
@@ -167,7 +178,7 @@ def bench_files(rows: int, baseline_rows: int, folder: Path) -> None:
         _timed(
             f"write_workbook, {rows:,} rows",
             lambda: write_workbook(
-                folder / "ours.xlsx", _table(), _rows(rows), _points(), t, zone=ZONE
+                folder / "ours.xlsx", _table(), _blocks(rows), _points(), t, names=NAMES, zone=ZONE
             ),
         )
         / rows

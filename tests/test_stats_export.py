@@ -29,7 +29,7 @@ from bot.db.models import (
 )
 from bot.i18n import translator
 from bot.stats import export
-from bot.stats.export import activity_rows, export_workbook, points_rows
+from bot.stats.export import activity_blocks, export_names, export_workbook, points_rows
 from bot.stats.model import BranchStats, Period, Ratio, StatsTable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,36 +161,39 @@ def _table(org_name: str = "县人民检察院机关党总支") -> StatsTable:
     return StatsTable(org_name, NOVEMBER, (branch,), BranchStats(None, org_name, 3))
 
 
-async def test_activity_rows_are_the_period_s_in_order(engine: AsyncEngine) -> None:
+async def test_activity_blocks_are_the_period_s_in_order(engine: AsyncEngine) -> None:
     ids = await _seed(engine)
     async with create_sessionmaker(engine)() as session:
-        rows = [
-            row
-            async for row in activity_rows(
+        names = await export_names(session, ids["org"])
+        blocks = [
+            block
+            async for block in activity_blocks(
                 session, organisation_id=ids["org"], period=NOVEMBER, branch_ids=None
             )
         ]
         only_prosecution = [
-            row.member
-            async for row in activity_rows(
+            names.members[row[1]]
+            async for block in activity_blocks(
                 session,
                 organisation_id=ids["org"],
                 period=NOVEMBER,
                 branch_ids=[ids["prosecution"]],
             )
+            for row in block.rows
         ]
     # Kind first (meeting < quiz), then the branch's position, then the member's name.
-    assert [(r.kind, r.member) for r in rows] == [
-        (ActivityKind.MEETING, "李强"),
-        (ActivityKind.QUIZ, "李强"),
-        (ActivityKind.QUIZ, "王芳"),
-        (ActivityKind.QUIZ, "张伟"),
+    assert [(b.kind, [names.members[r[1]] for r in b.rows]) for b in blocks] == [
+        (ActivityKind.MEETING, ["李强"]),
+        (ActivityKind.QUIZ, ["李强", "王芳", "张伟"]),
     ]
-    wang = rows[2]
-    assert wang.branch == "侦查监督党支部" and wang.title == "十一月党章知识测验"
-    assert wang.status is ParticipationStatus.DONE and wang.score == 92.5
-    assert wang.passed is True and wang.excellent is True
-    assert wang.activity_at == FIRST_MORNING
+    quiz = blocks[1]
+    assert quiz.title == "十一月党章知识测验" and quiz.activity_at == FIRST_MORNING
+    branch, _, status, done, score, passed, excellent = quiz.rows[1]
+    assert names.branches[branch] == "侦查监督党支部"
+    assert status == ParticipationStatus.DONE and score == 92.5
+    # Done at 14:30 on 1 November in Shanghai, in Unix seconds; 1/True as the driver has it.
+    assert done == pytest.approx(datetime(2026, 11, 1, 6, 30, tzinfo=UTC).timestamp())
+    assert passed and excellent
     assert only_prosecution == ["张伟"]
 
 
@@ -212,7 +215,8 @@ async def test_points_rows_total_each_member_s_rules_in_the_period(engine: Async
 async def test_export_workbook_from_the_database(
     engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks of one row: every row crosses the queue between the reader and the writer.
+    # One activity at a time between the reader and the writer; points one row a fetch.
+    monkeypatch.setattr(export, "QUEUE_BLOCKS", 1)
     monkeypatch.setattr(export, "CHUNK", 1)
     ids = await _seed(engine)
     seen: list[int] = []
@@ -289,8 +293,7 @@ async def test_export_workbook_from_the_database(
 async def test_a_failing_writer_stops_the_export_with_its_error(
     engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(export, "CHUNK", 1)
-    monkeypatch.setattr(export, "QUEUE_CHUNKS", 1)
+    monkeypatch.setattr(export, "QUEUE_BLOCKS", 1)
     ids = await _seed(engine)
     with pytest.raises(FileNotFoundError):
         await export_workbook(

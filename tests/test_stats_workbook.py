@@ -13,7 +13,15 @@ from openpyxl.worksheet.worksheet import Worksheet
 from bot.db.models import ActivityKind, ParticipationStatus
 from bot.i18n import translator
 from bot.stats import workbook
-from bot.stats.model import ActivityRow, BranchStats, Period, PointsRow, Ratio, StatsTable
+from bot.stats.model import (
+    ActivityBlock,
+    BranchStats,
+    ExportNames,
+    Period,
+    PointsRow,
+    Ratio,
+    StatsTable,
+)
 from bot.stats.workbook import write_workbook
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -54,51 +62,29 @@ TABLE = StatsTable("某某单位党委", PERIOD, (FIRST, SECOND), TOTAL)
 # 08:00 in Shanghai on 1 November is still 31 October in UTC.
 OPENED = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
 TAKEN = datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
+NAMES = ExportNames(
+    branches={1: "第一党支部", 2: "机关第二党支部（财务与审计）"},
+    members={1: "王芳", 2: "李强", 3: "张伟"},
+)
+TAKEN_SECONDS = TAKEN.timestamp()
 ACTIVITIES = [
-    ActivityRow(
+    ActivityBlock(
         ActivityKind.QUIZ,
         7,
         "十一月党章知识测验",
         OPENED,
-        None,
-        "第一党支部",
-        1,
-        "王芳",
-        ParticipationStatus.DONE,
-        TAKEN,
-        92.5,
-        True,
-        True,
+        [
+            (1, 1, ParticipationStatus.DONE, TAKEN_SECONDS, 92.5, True, True),
+            # As SQLite returns them: plain strings, and 0/1 for booleans.
+            (1, 2, "due", None, None, None, None),
+        ],
     ),
-    ActivityRow(
-        ActivityKind.QUIZ,
-        7,
-        "十一月党章知识测验",
-        OPENED,
-        None,
-        "第一党支部",
-        2,
-        "李强",
-        ParticipationStatus.DUE,
-        None,
-        None,
-        None,
-        None,
-    ),
-    ActivityRow(
+    ActivityBlock(
         ActivityKind.MEETING,
         3,
         "主题党日",
         datetime(2026, 11, 20, 1, tzinfo=UTC),
-        None,
-        "机关第二党支部（财务与审计）",
-        3,
-        "张伟",
-        ParticipationStatus.EXCUSED,
-        None,
-        None,
-        None,
-        None,
+        [(2, 3, ParticipationStatus.EXCUSED, None, None, None, None)],
     ),
 ]
 POINTS = [
@@ -112,7 +98,14 @@ def book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("xlsx") / "export.xlsx"
     seen: list[int] = []
     write_workbook(
-        path, TABLE, iter(ACTIVITIES), POINTS, translator("zh_CN"), seen.append, zone=ZONE
+        path,
+        TABLE,
+        iter(ACTIVITIES),
+        POINTS,
+        translator("zh_CN"),
+        seen.append,
+        names=NAMES,
+        zone=ZONE,
     )
     assert seen == [3]
     return path
@@ -137,7 +130,7 @@ def test_sheets_are_named_in_the_reader_s_language(book: Path) -> None:
 
 def test_english_workbook(tmp_path: Path) -> None:
     path = tmp_path / "en.xlsx"
-    write_workbook(path, TABLE, [], [], translator("en"), zone=ZONE)
+    write_workbook(path, TABLE, [], [], translator("en"), names=NAMES, zone=ZONE)
     wb = load_workbook(path)
     assert wb.sheetnames == [
         "Summary",
@@ -267,8 +260,14 @@ def test_a_sheet_past_excel_s_row_limit_continues_on_another(
     monkeypatch.setattr(workbook, "MAX_DATA_ROWS", 3)
     monkeypatch.setattr(workbook, "SAMPLE_ROWS", 1)
     path = tmp_path / "split.xlsx"
-    rows = [ACTIVITIES[0]] * 7
-    write_workbook(path, TABLE, rows, [], translator("zh_CN"), zone=ZONE)
+    # Seven rows in two activities: the first spans two sheets, the second two more.
+    quiz = ACTIVITIES[0]
+    row = quiz.rows[0]
+    blocks = [
+        ActivityBlock(quiz.kind, 7, quiz.title, quiz.activity_at, [row] * 4),
+        ActivityBlock(quiz.kind, 8, quiz.title, quiz.activity_at, [row] * 3),
+    ]
+    write_workbook(path, TABLE, blocks, [], translator("zh_CN"), names=NAMES, zone=ZONE)
     wb = load_workbook(path)
     assert wb.sheetnames == [
         "汇总",
@@ -281,6 +280,8 @@ def test_a_sheet_past_excel_s_row_limit_continues_on_another(
         "积分",
     ]
     assert [wb[n].max_row for n in ("测验", "测验 (2)", "测验 (3)")] == [4, 4, 2]
+    for name in ("测验", "测验 (2)", "测验 (3)"):
+        assert [c.value for c in wb[name][2]][:3] == ["第一党支部", "王芳", "十一月党章知识测验"]
     last = wb["测验 (3)"]
     assert last["A1"].value == "支部" and last["A1"].font.bold and last.freeze_panes == "A2"
     assert last.auto_filter.ref == "A1:I2"

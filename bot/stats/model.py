@@ -3,12 +3,11 @@ workbooks render them, and neither side knows how the other works."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import NamedTuple
 
-from bot.db.models import ActivityKind, ParticipationStatus
+from bot.db.models import ActivityKind
 
 
 @dataclass(frozen=True)
@@ -87,24 +86,31 @@ class Trend:
     months: tuple[TrendMonth, ...]  # oldest first
 
 
-class ActivityRow(NamedTuple):
-    """One member at one activity (a row of the export's activity sheets). A named tuple
-    rather than a frozen dataclass: an export makes 1.5 million of them, and a tuple is
-    several times cheaper to build."""
+# One member at one activity, as the database keeps it: (branch id, member id, status,
+# done at in seconds since the Unix epoch, score, passed, excellent). Plain tuples, as
+# the driver returns them: an export has 1.5 million, and anything built per row costs
+# seconds (status is a ParticipationStatus value; passed and excellent may be 0/1).
+ParticipantRow = tuple[int, int, str, float | None, float | None, bool | None, bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBlock:
+    """One activity of the export and every member's row at it, in the sheet's order
+    (by branch, then member). What is the same for all of them is here once."""
 
     kind: ActivityKind
     activity_id: int
     title: str
     activity_at: datetime
-    closes_at: datetime | None
-    branch: str
-    member_id: int
-    member: str
-    status: ParticipationStatus
-    done_at: datetime | None
-    score: float | None
-    passed: bool | None
-    excellent: bool | None
+    rows: Sequence[ParticipantRow]
+
+
+@dataclass(frozen=True)
+class ExportNames:
+    """Who the ids in :data:`ParticipantRow` are: names of branches and members."""
+
+    branches: Mapping[int, str]
+    members: Mapping[int, str]
 
 
 @dataclass(frozen=True)
