@@ -4,6 +4,7 @@ taking one trip to aiosqlite's thread per statement."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,34 @@ async def test_the_read_engine_refuses_writes(sqlite_engine: AsyncEngine, url: s
                 await conn.execute(insert(pair).values(v="b"))
     finally:
         await engine.dispose()
+
+
+async def test_the_write_lock_is_taken_with_the_first_statement(
+    sqlite_engine: AsyncEngine, url: str
+) -> None:
+    """BEGIN IMMEDIATE travels with the first statement, but still comes first: a
+    transaction that has only read holds the write lock, so another writer must wait."""
+    path = url.removeprefix("sqlite+aiosqlite:///")
+    async with sqlite_engine.begin() as conn:
+        await conn.execute(select(pair.c.k))
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        finally:
+            other.close()
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # free again after the commit
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_streaming_inside_a_transaction(sqlite_engine: AsyncEngine) -> None:
+    async with sqlite_engine.begin() as conn:
+        stream = await conn.stream(select(pair.c.k))
+        assert [row async for row in stream] == []
+        await conn.execute(insert(pair).values(v="a"))
+    async with sqlite_engine.connect() as conn:
+        assert (await conn.execute(select(pair.c.v))).all() == [("a",)]

@@ -7,8 +7,10 @@ then a wake-up of the event loop with the result. On a busy 2-core machine the h
 not the SQL, were most of a quiz answer's database time (19 per answer).
 
 Here a statement is one function run on that thread: open, execute, fetch, close,
-returning everything SQLAlchemy asks of a cursor afterwards; and the pool's rollback
-of a connection with no transaction open (after every commit) is not sent at all.
+returning everything SQLAlchemy asks of a cursor afterwards. ``BEGIN IMMEDIATE`` rides
+on the same trip as the transaction's first statement (see bot.db.engine), and a
+commit or rollback with no transaction open (the pool rolls back every connection it
+takes back, even after a commit) does not travel at all.
 Same sqlite3 connection, same SQL, same transactions; only the number of trips changes.
 Server-side (streaming) cursors keep SQLAlchemy's own behaviour.
 """
@@ -30,8 +32,10 @@ from sqlalchemy.util import EMPTY_DICT
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
 
 
-def _run(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
+def _run(conn: sqlite3.Connection, begin: str | None, operation: str, parameters: Any) -> _Outcome:
     """On aiosqlite's thread: everything a statement needs, in one go."""
+    if begin is not None:
+        conn.execute(begin)
     cursor = conn.cursor()
     try:
         cursor.execute(operation, () if parameters is None else parameters)
@@ -42,7 +46,11 @@ def _run(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
         cursor.close()
 
 
-def _run_many(conn: sqlite3.Connection, operation: str, parameters: Sequence[Any]) -> _Outcome:
+def _run_many(
+    conn: sqlite3.Connection, begin: str | None, operation: str, parameters: Sequence[Any]
+) -> _Outcome:
+    if begin is not None:
+        conn.execute(begin)
     cursor = conn.cursor()
     try:
         cursor.executemany(operation, parameters)
@@ -98,31 +106,65 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = deque(rows) if rows is not None else deque()
 
     async def _execute_async(self, operation: Any, parameters: Any) -> Any:
-        async with self._adapt_connection._execute_mutex:
+        adapted = self._adapt_connection
+        async with adapted._execute_mutex:
+            begin = adapted.take_begin()  # type: ignore[attr-defined]
             driver = self._connection
-            self._keep(await driver._execute(_run, driver._conn, operation, parameters))
+            self._keep(await driver._execute(_run, driver._conn, begin, operation, parameters))
         return self
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
-        async with self._adapt_connection._execute_mutex:
+        adapted = self._adapt_connection
+        async with adapted._execute_mutex:
+            begin = adapted.take_begin()  # type: ignore[attr-defined]
             driver = self._connection
-            self._keep(await driver._execute(_run_many, driver._conn, operation, seq_of_parameters))
+            self._keep(
+                await driver._execute(_run_many, driver._conn, begin, operation, seq_of_parameters)
+            )
         return self
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("_begin",)
     _cursor_cls = OneHopCursor  # type: ignore[assignment]  # a subclass of the declared one
 
-    def rollback(self) -> None:
-        # The pool rolls back every connection it takes back, even right after a commit.
-        # sqlite3 then does nothing, but the call is still a hop: skip it when no
-        # transaction is open (reading the flag is safe here: SQLAlchemy never runs two
-        # operations on one connection at once).
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self._begin: str | None = None
+
+    def begin_with_next(self, begin: str) -> None:
+        """Send ``begin`` (e.g. ``BEGIN IMMEDIATE``) on the same trip as the next
+        statement: the transaction starts right before it, as if sent alone, one hop
+        sooner. A transaction that runs no statement never sends it."""
+        self._begin = begin
+
+    def take_begin(self) -> str | None:
+        begin, self._begin = self._begin, None
+        return begin
+
+    def cursor(self, server_side: bool = False) -> Any:
+        if server_side and self._begin is not None:
+            # A streaming cursor is SQLAlchemy's own: begin on a trip of its own first.
+            self._cursor_cls(self).execute(self.take_begin())
+        return super().cursor(server_side)
+
+    def _idle(self) -> bool:
+        # Safe to read here: SQLAlchemy never runs two operations on one connection at
+        # once, so the connection's thread is not using it.
         conn = self._connection._connection
-        if conn is not None and not conn.in_transaction:
-            return
-        super().rollback()
+        return conn is not None and not conn.in_transaction
+
+    def commit(self) -> None:
+        self._begin = None
+        # With no transaction open sqlite3 does nothing, but the call is still a hop.
+        if not self._idle():
+            super().commit()
+
+    def rollback(self) -> None:
+        self._begin = None
+        # The pool rolls back every connection it takes back, even right after a commit.
+        if not self._idle():
+            super().rollback()
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
