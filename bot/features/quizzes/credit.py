@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +40,8 @@ async def credit(
         excellent=excellent,
     )
     rules = services.points
+    # The organisation's time zone as loaded at start, saving a read per award.
+    zone = ZoneInfo(services.org.timezone) if quiz.organisation_id == services.org.id else None
     earned = [participation.QUIZ_TAKEN] + ([participation.QUIZ_EXCELLENT] if excellent else [])
     for rule in earned:
         await participation.award(
@@ -49,4 +52,5 @@ async def credit(
             points=rules.of(rule),
             source=activity,
             at=now,
+            zone=zone,
         )

@@ -601,25 +601,44 @@ def feedback(t: Translator, quiz: Quiz, row: QuizAnswer, question: Question) -> 
 # --- the end ------------------------------------------------------------------------------
 
 
+_FINISH = (
+    update(_attempt)
+    .where(_attempt.c.id == bindparam("p_attempt"), _attempt.c.status == "in_progress")
+    .values(
+        status=bindparam("p_status", type_=_attempt.c.status.type),
+        finished_at=bindparam("p_at", type_=_attempt.c.finished_at.type),
+        # From the row as it is now, not as this transaction first read it: an answer
+        # committed in between (PostgreSQL, READ COMMITTED) still counts. Numeric,
+        # because PostgreSQL has round(numeric, int) but no float version.
+        score=func.round(cast(100 * _attempt.c.correct, Numeric) / _attempt.c.total, 1),
+    )
+    .returning(
+        _attempt.c.status,
+        _attempt.c.finished_at,
+        _attempt.c.score,
+        _attempt.c.position,
+        _attempt.c.correct,
+    )
+)
+
+
 async def finish(work: WorkContext, quiz: Quiz, attempt: QuizAttempt, status: str) -> bool:
     """Score and close the attempt; False if something else already did."""
-    result = await work.session.execute(
-        update(QuizAttempt)
-        .where(QuizAttempt.id == attempt.id, QuizAttempt.status == "in_progress")
-        .values(
-            status=status,
-            finished_at=work.now,
-            # From the row as it is now, not as this transaction first read it: an
-            # answer committed in between (PostgreSQL, READ COMMITTED) still counts.
-            # Numeric, because PostgreSQL has round(numeric, int) but no float version.
-            score=func.round(cast(100 * QuizAttempt.correct, Numeric) / QuizAttempt.total, 1),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    await work.session.refresh(attempt)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    # Core, on the session's connection, returning what it wrote: reading the row back
+    # was a statement more on every finished attempt.
+    conn = await work.session.connection()
+    done = (
+        await conn.execute(_FINISH, {"p_attempt": attempt.id, "p_status": status, "p_at": work.now})
+    ).first()
+    if done is None:
+        await work.session.refresh(attempt)  # as the one who finished it left it
         return False
-    await scheduler.cancel(work.session, keys=[f"quiz:attempt:{attempt.id}:expire"], now=work.now)
+    for name in ("status", "finished_at", "score", "position", "correct"):
+        set_committed_value(attempt, name, getattr(done, name))
+    if attempt.deadline_at is not None:  # only timed attempts have an expiry job
+        await scheduler.cancel(
+            work.session, keys=[f"quiz:attempt:{attempt.id}:expire"], now=work.now
+        )
     await credit(work.session, work.services, quiz, attempt.member_id, work.now)
     return True
 
