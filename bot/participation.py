@@ -8,13 +8,15 @@ counts. Stats then read ``participation`` and ``points_ledger`` alone.
 
 from __future__ import annotations
 
+import functools
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, delete, func, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -167,41 +169,79 @@ async def recount(
     after any other transaction recounting them has committed, and (READ COMMITTED) it
     sees that transaction's rows as well as this one's.
     """
-    summary_key = [ActivitySummary.kind == kind, ActivitySummary.activity_id == activity_id]
-    rows_key = [Participation.kind == kind, Participation.activity_id == activity_id]
+    postgres = _postgres(session)
+    lock, statement = _recount_statements(postgres, branch_id is not None)
+    params: dict[str, Any] = {
+        "p_kind": kind,
+        "p_activity": activity_id,
+        "p_org": organisation_id,
+        "p_at": activity_at,
+    }
     if branch_id is not None:
-        summary_key.append(ActivitySummary.branch_id == branch_id)
-        rows_key.append(Participation.branch_id == branch_id)
-    if _postgres(session):
-        await session.execute(
-            select(ActivitySummary.branch_id)
+        params["p_branch"] = branch_id
+    if lock is not None:
+        await session.execute(lock, params)
+    await session.execute(statement, params)
+
+
+def _table(model: Any) -> Table:
+    # Core tables, not the mapped classes: given parameters, the session would run an
+    # INSERT of a mapped class as an ORM bulk insert.
+    return typing.cast(Table, model.__table__)
+
+
+def _column(model: Any, name: str) -> Any:
+    return _table(model).c[name]
+
+
+@functools.cache
+def _recount_statements(postgres: bool, one_branch: bool) -> tuple[Any, Any]:
+    """The recount's statements, built once per database kind and scope: building them
+    took a millisecond or more each time, on every completion recorded. Parameters:
+    ``p_kind``, ``p_activity``, ``p_org``, ``p_at`` and (one branch) ``p_branch``."""
+    kind, activity_id = (
+        bindparam("p_kind", type_=_column(ActivitySummary, "kind").type),
+        bindparam("p_activity", type_=_column(ActivitySummary, "activity_id").type),
+    )
+    summary, rows = _table(ActivitySummary).c, _table(Participation).c
+    summary_key = [summary.kind == kind, summary.activity_id == activity_id]
+    rows_key = [rows.kind == kind, rows.activity_id == activity_id]
+    if one_branch:
+        branch = bindparam("p_branch", type_=summary.branch_id.type)
+        summary_key.append(summary.branch_id == branch)
+        rows_key.append(rows.branch_id == branch)
+    lock = None
+    if postgres:
+        lock = (
+            select(summary.branch_id)
             .where(*summary_key)
-            .order_by(ActivitySummary.branch_id)
+            .order_by(summary.branch_id)
             .with_for_update()
         )
-    done = Participation.status == DONE
+    done = rows.status == DONE
     counts = (
         select(
-            literal(kind),
-            literal(activity_id),
-            Participation.branch_id,
-            literal(organisation_id),
-            literal(activity_at, ActivitySummary.activity_at.type),
-            func.count().filter(Participation.status.in_((DUE, DONE))),
+            kind,
+            activity_id,
+            rows.branch_id,
+            bindparam("p_org", type_=_column(ActivitySummary, "organisation_id").type),
+            bindparam("p_at", type_=_column(ActivitySummary, "activity_at").type),
+            func.count().filter(rows.status.in_((DUE, DONE))),
             func.count().filter(done),
-            func.count().filter(and_(done, Participation.passed.is_(True))),
-            func.count().filter(and_(done, Participation.excellent.is_(True))),
-            func.coalesce(func.sum(Participation.score).filter(done), 0.0),
+            func.count().filter(and_(done, rows.passed.is_(True))),
+            func.count().filter(and_(done, rows.excellent.is_(True))),
+            func.coalesce(func.sum(rows.score).filter(done), 0.0),
         )
         .where(*rows_key)
-        .group_by(Participation.branch_id)
+        .group_by(rows.branch_id)
     )
-    statement = _insert(session)(ActivitySummary).from_select(SUMMARY_COLUMNS, counts)
+    insert = postgresql.insert if postgres else sqlite.insert
+    statement = insert(_table(ActivitySummary)).from_select(SUMMARY_COLUMNS, counts)
     statement = statement.on_conflict_do_update(
         index_elements=["kind", "activity_id", "branch_id"],
         set_={c: statement.excluded[c] for c in SUMMARY_COLUMNS[3:]},
     )
-    await session.execute(statement)
+    return lock, statement
 
 
 async def _recount(session: AsyncSession, activity: Activity, branch_id: int | None = None) -> None:
@@ -270,35 +310,61 @@ async def took_part(
     """Mark the member's row done (creating it if the activity never reached them, e.g.
     a member who joined the branch later, or a paper record). Repeating it keeps the
     first completion time and takes the newest score — callers pass the best one."""
-    branch = select(Member.branch_id).where(Member.id == member_id).scalar_subquery()
-    insert = _insert(session)
-    statement = insert(Participation).values(
-        organisation_id=activity.organisation_id,
-        kind=activity.kind.value,
-        activity_id=activity.id,
-        title=activity.title[:200],
-        member_id=member_id,
+    statement = _took_part_statement(_postgres(session))
+    params = {
+        "p_org": activity.organisation_id,
+        "p_kind": activity.kind.value,
+        "p_activity": activity.id,
+        "p_title": activity.title[:200],
+        "p_member": member_id,
+        "p_at": activity.at,
+        "p_closes": activity.closes_at,
+        "p_done": at,
+        "p_score": score,
+        "p_passed": passed,
+        "p_excellent": excellent,
+    }
+    branch_id = (await session.execute(statement, params)).scalar_one()
+    await _recount(session, activity, branch_id)
+
+
+@functools.cache
+def _took_part_statement(postgres: bool) -> Any:
+    """``took_part``'s upsert, built once per database kind (see _recount_statements)."""
+
+    def param(name: str, column: str) -> Any:
+        return bindparam(name, type_=_column(Participation, column).type)
+
+    member = param("p_member", "member_id")
+    members = _table(Member).c
+    branch = select(members.branch_id).where(members.id == member).scalar_subquery()
+    insert = postgresql.insert if postgres else sqlite.insert
+    statement = insert(_table(Participation)).values(
+        organisation_id=param("p_org", "organisation_id"),
+        kind=param("p_kind", "kind"),
+        activity_id=param("p_activity", "activity_id"),
+        title=param("p_title", "title"),
+        member_id=member,
         branch_id=branch,
-        activity_at=activity.at,
-        closes_at=activity.closes_at,
+        activity_at=param("p_at", "activity_at"),
+        closes_at=param("p_closes", "closes_at"),
         status=DONE,
-        done_at=at,
-        score=score,
-        passed=passed,
-        excellent=excellent,
+        done_at=param("p_done", "done_at"),
+        score=param("p_score", "score"),
+        passed=param("p_passed", "passed"),
+        excellent=param("p_excellent", "excellent"),
     )
     statement = statement.on_conflict_do_update(
         index_elements=["kind", "activity_id", "member_id"],
         set_={
             "status": DONE,
-            "done_at": func.coalesce(Participation.done_at, statement.excluded.done_at),
+            "done_at": func.coalesce(_column(Participation, "done_at"), statement.excluded.done_at),
             "score": statement.excluded.score,
             "passed": statement.excluded.passed,
             "excellent": statement.excluded.excellent,
         },
     )
-    branch_id = (await session.execute(statement.returning(Participation.branch_id))).scalar_one()
-    await _recount(session, activity, branch_id)
+    return statement.returning(_column(Participation, "branch_id"))
 
 
 async def not_done(session: AsyncSession, activity: Activity, member_id: int) -> None:
@@ -405,29 +471,54 @@ async def award(
     points: int,
     source: Activity,
     at: datetime,
+    zone: ZoneInfo | None = None,
 ) -> None:
     """One ledger row per member, rule and activity: awarding twice changes nothing, and
-    the points are the rule's value today, kept for good."""
+    the points are the rule's value today, kept for good. ``zone``: the organisation's
+    time zone, where the caller has it (else it is read)."""
     if points <= 0:
         return
-    branch = select(Member.branch_id).where(Member.id == member_id).scalar_subquery()
     awarded = await session.scalar(
-        _insert(session)(PointsAward)
+        _award_statement(_postgres(session)),
+        {
+            "p_org": organisation_id,
+            "p_member": member_id,
+            "p_rule": rule,
+            "p_points": points,
+            "p_source_kind": source.kind.value,
+            "p_source": source.id,
+            "p_at": at,
+        },
+    )
+    if awarded is not None:  # not a repeat
+        await _add_points(session, organisation_id, awarded, at, points, zone)
+
+
+@functools.cache
+def _award_statement(postgres: bool) -> Any:
+    """``award``'s insert, built once per database kind (see _recount_statements)."""
+
+    def param(name: str, column: str) -> Any:
+        return bindparam(name, type_=_column(PointsAward, column).type)
+
+    member = param("p_member", "member_id")
+    members = _table(Member).c
+    insert = postgresql.insert if postgres else sqlite.insert
+    return (
+        insert(_table(PointsAward))
         .values(
-            organisation_id=organisation_id,
-            member_id=member_id,
-            branch_id=branch,
-            rule=rule,
-            points=points,
-            source_kind=source.kind.value,
-            source_id=source.id,
-            awarded_at=at,
+            organisation_id=param("p_org", "organisation_id"),
+            member_id=member,
+            branch_id=select(members.branch_id).where(members.id == member).scalar_subquery(),
+            rule=param("p_rule", "rule"),
+            points=param("p_points", "points"),
+            source_kind=param("p_source_kind", "source_kind"),
+            source_id=param("p_source", "source_id"),
+            awarded_at=param("p_at", "awarded_at"),
         )
         .on_conflict_do_nothing()
         .returning(PointsAward.branch_id)
     )
-    if awarded is not None:  # not a repeat
-        await _add_points(session, organisation_id, awarded, at, points)
 
 
 async def _zone(session: AsyncSession, organisation_id: int) -> ZoneInfo:
@@ -438,20 +529,40 @@ async def _zone(session: AsyncSession, organisation_id: int) -> ZoneInfo:
 
 
 async def _add_points(
-    session: AsyncSession, organisation_id: int, branch_id: int, at: datetime, points: int
+    session: AsyncSession,
+    organisation_id: int,
+    branch_id: int,
+    at: datetime,
+    points: int,
+    zone: ZoneInfo | None = None,
 ) -> None:
     """Adjust the day's total. An increment, not a recount: the ledger for a day can be
     large, and ON CONFLICT DO UPDATE adds to the row as committed, so concurrent awards
     cannot lose one another."""
-    day = at.astimezone(await _zone(session, organisation_id)).date()
-    statement = _insert(session)(PointsSummary).values(
-        organisation_id=organisation_id, branch_id=branch_id, day=day, points=points
-    )
+    day = at.astimezone(zone or await _zone(session, organisation_id)).date()
     await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["organisation_id", "branch_id", "day"],
-            set_={"points": PointsSummary.points + statement.excluded.points},
-        )
+        _add_points_statement(_postgres(session)),
+        {"p_org": organisation_id, "p_branch": branch_id, "p_day": day, "p_points": points},
+    )
+
+
+@functools.cache
+def _add_points_statement(postgres: bool) -> Any:
+    """``_add_points``' upsert, built once per database kind (see _recount_statements)."""
+
+    def param(name: str, column: str) -> Any:
+        return bindparam(name, type_=_column(PointsSummary, column).type)
+
+    insert = postgresql.insert if postgres else sqlite.insert
+    statement = insert(_table(PointsSummary)).values(
+        organisation_id=param("p_org", "organisation_id"),
+        branch_id=param("p_branch", "branch_id"),
+        day=param("p_day", "day"),
+        points=param("p_points", "points"),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["organisation_id", "branch_id", "day"],
+        set_={"points": _column(PointsSummary, "points") + statement.excluded.points},
     )
 
 
