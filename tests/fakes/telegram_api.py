@@ -941,7 +941,12 @@ class FakeTelegram:
         )
 
     def set_rate_limit(self, per_second: float | None = 30.0, per_chat: float | None = 1.0) -> None:
-        """Refuse sends beyond these rates (sliding 1 s windows); ``None`` lifts a limit."""
+        """Refuse sends beyond these rates (sliding 1 s windows); ``None`` lifts a limit.
+
+        What counts, as for Telegram: new messages of any kind (sendMessage, sendPhoto,
+        sendDocument, sendPoll) for the bot and their chat, and text edits
+        (editMessageText) for the bot only. Answering a button press, setting commands
+        and stopping a poll do not count."""
         self._bot_rate = per_second
         self._chat_rate = per_chat
         self._bot_window.clear()
@@ -1179,7 +1184,8 @@ class FakeTelegram:
             raise _ApiError(403, _BLOCKED)
         return chat
 
-    def _check_rate(self, chat_id: int, now: float) -> None:
+    def _check_rate(self, chat_id: int | None, now: float) -> None:
+        """``chat_id`` None: a call that counts for the bot's rate only (an edit)."""
         cutoff = now - 1.0
         wait = 0.0
         if self._bot_rate is not None:
@@ -1188,7 +1194,7 @@ class FakeTelegram:
                 window.popleft()
             if len(window) >= self._bot_rate:
                 wait = window[0] - cutoff
-        if self._chat_rate is not None:
+        if self._chat_rate is not None and chat_id is not None:
             window = self._chat_windows.get(chat_id) or collections.deque()
             while window and window[0] <= cutoff:
                 window.popleft()
@@ -1203,10 +1209,10 @@ class FakeTelegram:
                 {"retry_after": retry_after},
             )
 
-    def _note_send(self, chat_id: int, now: float) -> None:
+    def _note_send(self, chat_id: int | None, now: float) -> None:
         if self._bot_rate is not None:
             self._bot_window.append(now)
-        if self._chat_rate is not None:
+        if self._chat_rate is not None and chat_id is not None:
             window = self._chat_windows.get(chat_id)
             if window is None:
                 window = self._chat_windows[chat_id] = collections.deque()
@@ -1552,6 +1558,11 @@ class FakeTelegram:
         )
         if not text:
             raise _error("Bad Request: message text is empty")
+        # An edit counts for the bot's rate (it is a message's new content) but adds no
+        # message to the chat, so not for the chat's one a second.
+        now = time.monotonic()
+        if self._bot_rate is not None:
+            self._check_rate(None, now)
         # Telegram drops the keyboard when an edit does not repeat it.
         markup = _inline_markup(params.get("reply_markup"))
         if (
@@ -1570,6 +1581,7 @@ class FakeTelegram:
         if markup is not None:
             updated["reply_markup"] = markup
         chat.messages[message["message_id"]] = updated
+        self._note_send(None, now)
         return updated
 
     def _edit_message_reply_markup(self, params: JSONDict) -> JSONDict | bool:
