@@ -397,7 +397,13 @@ def budget_for(
     engine: AsyncEngine, bot: str, per_second: float, per_chat_per_second: float
 ) -> Budget:
     """The budget for a bot on this database: shared by every process on PostgreSQL,
-    this process's own on SQLite (which one bot process uses alone)."""
-    if engine.dialect.name == "postgresql":
+    this process's own on SQLite (which one bot process uses alone).
+
+    A rate above MAX_TRACKED_RATE is no platform's limit but one lifted to measure the
+    code (benchmarks): there is nothing to keep to together, and sharing it would only
+    make the processes take turns on the timeline (each block of slots is one
+    process's alone) and cost round trips whenever slots go unused. Each process then
+    paces itself."""
+    if engine.dialect.name == "postgresql" and per_second <= MAX_TRACKED_RATE:
         return SharedSendBudget(engine, bot, per_second, per_chat_per_second)
     return SendBudget(per_second, per_chat_per_second)
