@@ -242,9 +242,10 @@ class SharedSendBudget:
 
     The per-chat limit (one message a second) stays per process: a chat gets more than
     one message at a time only when several broadcasts to it are due together, and then
-    mostly from the same claim of one process, which paces it. Should two processes
-    each claim a message to the same chat, the second may get a 429; it is obeyed like
-    any other (a pause, the row retried), and no message is lost.
+    mostly from the same claim of one process, which paces it, or when a member is
+    answered just as a notice reaches them (a burst Telegram tolerates). Should two
+    processes each send a message to the same chat, the second may get a 429; it is
+    obeyed like any other (a pause, the row or reply retried), and no message is lost.
     """
 
     def __init__(
