@@ -605,6 +605,12 @@ async def test_rate_limit(tg: FakeTelegram, http: aiohttp.ClientSession, ag: aio
     tg.set_rate_limit(None, None)
     assert (await api(http, tg, "sendMessage", chat_id=1, text="x"))[0] == 200
 
+    # A chat's short burst, then one a second.
+    tg.set_rate_limit(per_second=None, per_chat=1, chat_burst=3)
+    statuses = [(await api(http, tg, "sendMessage", chat_id=1, text="x"))[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert (await api(http, tg, "sendMessage", chat_id=2, text="x"))[0] == 200
+
 
 async def test_edits_count_for_the_bots_rate_only(
     tg: FakeTelegram, http: aiohttp.ClientSession
