@@ -38,6 +38,8 @@ MAX_TRACKED_RATE = 1000.0
 SHARED_LATE = 0.01
 # How long the shared budget trusts its estimate of the database's clock.
 OFFSET_TTL = 30.0
+# Messages a reply may put into a chat back to back before it keeps to the chat's rate.
+REPLY_BURST = 3
 
 
 class Budget(Protocol):
@@ -68,11 +70,12 @@ class _ChatGaps:
     closer (a fresh connection for the first one), and at one message a second that
     alone is a 429: hence 5% over the exact gap.
 
-    Replies book the gap but do not wait for it. Telegram asks for about one message a
-    second in a chat but tolerates short bursts, and a reply answers the member's own
-    message in their private chat: a long answer split into pieces goes out back to
-    back rather than a second apart, and the per-chat limit is kept on average by
-    making the next broadcast message to that chat wait for the gaps the reply used.
+    Replies may run up to REPLY_BURST gaps ahead. Telegram asks for about one message
+    a second in a chat but tolerates short bursts, and a reply answers the member's own
+    message in their private chat: a long answer split into a few pieces goes out back
+    to back rather than a second apart. Every message books its gap all the same, so
+    the rate is kept on average: a longer answer, or the next broadcast message to that
+    chat, waits for the gaps already used.
     """
 
     def __init__(self, per_chat_per_second: float) -> None:
@@ -86,7 +89,9 @@ class _ChatGaps:
         self._next.move_to_end(chat_id)
         if len(self._next) > 10_000:
             self._next.popitem(last=False)
-        if ready > now and not reply:
+        if reply:
+            ready -= (REPLY_BURST - 1) * self._gap
+        if ready > now:
             await asyncio.sleep(ready - now)
 
 

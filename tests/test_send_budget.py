@@ -14,7 +14,21 @@ import time
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.send_budget import Budget, SendBudget, SharedSendBudget, _Turns, budget_for
+from adapters.ptb.messenger import PTBMessenger
+from bot.app import App
+from bot.config import Settings
+from bot.messenger import OutMessage
+from bot.send_budget import (
+    REPLY_BURST,
+    Budget,
+    SendBudget,
+    SharedSendBudget,
+    _ChatGaps,
+    _Turns,
+    budget_for,
+)
+from bot.text import plain
+from tests.fakes.telegram_api import FakeTelegram
 
 RATE = 20  # the platform's limit: messages a second
 QUEUED = 8  # broadcast sends waiting, as the sender's eight send workers do
@@ -121,3 +135,38 @@ async def test_replies_are_served_first_come_first_served_among_themselves() -> 
     turns.release()
     await asyncio.gather(*tasks)
     assert order == ["r1", "r2", "b1", "b2"]
+
+
+async def test_a_reply_does_not_wait_for_the_chat_gap_within_its_burst() -> None:
+    gaps = _ChatGaps(per_chat_per_second=1.0)
+    started = time.monotonic()
+    for _ in range(REPLY_BURST):
+        await gaps.wait("member", reply=True)
+    # No sleep at all (a gap is 1.05 s); the bound only leaves room for a busy machine.
+    assert time.monotonic() - started < 0.5
+
+
+async def test_a_long_answer_and_a_notice_stay_within_the_chats_limit(database_url: str) -> None:
+    """Through the app's own paced messenger and real PTB, against a fake server that
+    allows a chat Telegram's short burst and then one message a second: a reply of five
+    pieces (the first three back to back), then a broadcast message to the same chat."""
+    chat = 7_000_001
+    async with FakeTelegram() as tg:
+        tg.set_rate_limit(per_second=30, per_chat=1, chat_burst=REPLY_BURST)
+        tg.known_chat(chat)
+        app = App(
+            Settings(adapter="console", database={"url": database_url}, admins=[]),
+            PTBMessenger(tg.token, tg.base_url, poll_timeout=1.0),
+        )
+        try:
+            await app.start(background=False)
+            assert app.dispatcher is not None and app.budget is not None
+            for i in range(5):
+                await app.dispatcher.messenger.send(str(chat), OutMessage(plain(f"piece {i}")))
+            await app.budget.acquire(str(chat))  # as the broadcast sender does
+            await app.messenger.send(str(chat), OutMessage(plain("notice")))
+        finally:
+            await app.stop()
+        sent = [c for c in tg.calls_to("sendMessage") if c.params.get("chat_id") == chat]
+        assert [c.status for c in sent] == [200] * 6
+        assert tg.rate_limited == 0
