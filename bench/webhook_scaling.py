@@ -17,8 +17,10 @@ zhibu
 
 Both configurations run side by side (three workers, two nginx instances, one fake
 server and one database) and are measured in turn, so machine drift hits both alike.
-Telegram's rate limit is off at the fake: what is measured is the webhook path's
-capacity, not the 30 messages a second Telegram would let through.
+Telegram's rate limit is off at the fake, and the workers' send budget is lifted
+(ZHIBU_SEND_RATE far above any platform's limit; replies are paced by it): what is
+measured is the webhook path's capacity, not the 30 messages a second Telegram would
+let through.
 
 CPU: user+system seconds per process over each measured window, from /proc: the bench
 process (the fake server and the load generator are one process here), nginx (master
@@ -59,6 +61,7 @@ from tests.webhook_workers import (
     wait_ready,
 )
 
+from .broadcast_worker import UNLIMITED_RATE
 from .harness import BenchError, Comparison, Run, fake_telegram, print_comparison
 
 NAME = "webhook"
@@ -318,6 +321,7 @@ async def _run(
                             webhook_url=rendered.webhook_url,
                             secret=SECRET,
                             directory=directory,
+                            send_rate=UNLIMITED_RATE,
                         )
                         for port in ports
                     ]

@@ -36,10 +36,11 @@ from bot.materials import load_materials, store_materials
 from bot.messenger import Messenger, WebhookReceiver
 from bot.metrics import Metrics
 from bot.oaths import load_oath_pack, plan_campaigns, store_oath_texts
+from bot.paced import PacedMessenger
 from bot.quizbank import load_pack_banks, store_bank
 from bot.routing import Dispatcher, Router
 from bot.scheduler import Scheduler
-from bot.send_budget import budget_for
+from bot.send_budget import Budget, budget_for
 
 if TYPE_CHECKING:
     from bot.web import WebServer
@@ -101,6 +102,8 @@ class App:
         self.dispatcher: Dispatcher | None = None
         self.sender: BroadcastSender | None = None
         self.scheduler: Scheduler | None = None
+        # The bot's send budget, shared by the broadcast sender and the replies.
+        self.budget: Budget | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.metrics = Metrics(self.sessionmaker, self.clock)
         self.web: WebServer | None = None
@@ -143,13 +146,13 @@ class App:
         # Stay a little under the platform's limits: its counting window and ours never
         # line up exactly, and a 429 costs far more than the few percent kept back.
         # On PostgreSQL every process of this bot shares one budget: Telegram's limits
-        # are per bot, not per process.
+        # are per bot, not per process. Replies and broadcasts share it too (replies
+        # first): the platform counts every message the bot sends.
+        rate = self.settings.send_rate or capabilities.send_rate
         budget = budget_for(
-            self.engine,
-            self.messenger.platform,
-            capabilities.send_rate * 0.96,
-            capabilities.per_chat_rate,
+            self.engine, self.messenger.platform, rate * 0.96, capabilities.per_chat_rate
         )
+        self.budget = budget
         self.sender = BroadcastSender(
             self.sessionmaker,
             self.messenger,
@@ -174,12 +177,13 @@ class App:
             self.router,
             services,
             self.sessionmaker,
-            self.messenger,
+            PacedMessenger(self.messenger, budget),
             self.read_sessionmaker,
             observe=self.metrics.observe,
         )
-        # A reply refused for the bot's rate pauses the broadcasts too (in every process,
-        # with the shared budget): the 429 means the bot as a whole is over the limit.
+        # Should a reply be refused for the bot's rate all the same (another bot on the
+        # same token, a platform stricter than declared), the broadcasts pause too, in
+        # every process with the shared budget: the bot as a whole is over the limit.
         self.dispatcher.on_rate_limited = budget.pause
         return self.dispatcher
 

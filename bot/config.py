@@ -210,6 +210,10 @@ class Settings(BaseSettings):
     # e.g. ["telegram:123456789"]. The console's default user is "admin".
     admins: Annotated[list[str], NoDecode] = ["console:admin"]
     default_language: Literal["zh_CN", "en"] = "zh_CN"
+    # Messages a second the bot may send in all, replies and broadcasts, every worker
+    # together; None: the messenger's limit (Telegram: 30). Only raise it if the platform
+    # allows the bot more; benchmarks raise it to measure the code, not the limit.
+    send_rate: float | None = Field(default=None, gt=0)
     # How often due work (reminders, nudges) is looked for, in seconds.
     scheduler_tick_seconds: float = Field(default=15.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

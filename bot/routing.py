@@ -626,9 +626,10 @@ class Dispatcher:
                     await self.messenger.send(item.chat_id, OutMessage(piece, buttons))
                     break
                 except RateLimited as exc:
-                    # Replies are not paced by the broadcast budget, so a reply during a
-                    # broadcast at full rate can be refused: wait as told and send it
-                    # again rather than lose it, and make the broadcast yield too.
+                    # Replies are paced by the bot's send budget (see bot.paced), so this
+                    # is a safety net: should Telegram refuse one all the same, wait as
+                    # told and send it again rather than lose it, and make the
+                    # broadcasts yield too.
                     if attempt == REPLY_RETRIES:
                         raise
                     if self.on_rate_limited is not None:

@@ -605,6 +605,32 @@ async def test_rate_limit(tg: FakeTelegram, http: aiohttp.ClientSession, ag: aio
     tg.set_rate_limit(None, None)
     assert (await api(http, tg, "sendMessage", chat_id=1, text="x"))[0] == 200
 
+    # A chat's short burst, then one a second.
+    tg.set_rate_limit(per_second=None, per_chat=1, chat_burst=3)
+    statuses = [(await api(http, tg, "sendMessage", chat_id=1, text="x"))[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert (await api(http, tg, "sendMessage", chat_id=2, text="x"))[0] == 200
+
+
+async def test_edits_count_for_the_bots_rate_only(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    tg.known_chat(1)
+    _, sent = await api(http, tg, "sendMessage", chat_id=1, text="x")
+    message_id = sent["result"]["message_id"]
+    # Per chat: an edit right after the message it edits is no new message there.
+    tg.set_rate_limit(per_second=None, per_chat=1)
+    edit = {"chat_id": 1, "message_id": message_id}
+    assert (await api(http, tg, "sendMessage", chat_id=1, text="y"))[0] == 200
+    assert (await api(http, tg, "editMessageText", **edit, text="edited"))[0] == 200
+    # Per bot: it counts like a message, and answering a button press does not.
+    tg.set_rate_limit(per_second=2, per_chat=None)
+    assert (await api(http, tg, "editMessageText", **edit, text="one"))[0] == 200
+    assert (await api(http, tg, "answerCallbackQuery", callback_query_id="1"))[0] != 429
+    assert (await api(http, tg, "editMessageText", **edit, text="two"))[0] == 200
+    assert (await api(http, tg, "editMessageText", **edit, text="three"))[0] == 429
+    assert (await api(http, tg, "sendMessage", chat_id=1, text="z"))[0] == 429
+
 
 # --- validation ---------------------------------------------------------------------------
 

@@ -3,27 +3,23 @@
 with Telegram played by FakeTelegram enforcing 30 messages a second per bot.
 
 One scenario, 45-60 s here: 300 members; 60 ask ``/me`` (some updates delivered twice,
-some twice at the same moment), a notice goes out to all 300 from both workers, one
-worker is SIGKILLed a third of the way through, the other carries on alone, and 40 more
-ask ``/me`` while it is the only one. Then: every update
-was handled once, every delivery row ended sent, failed or unknown, nobody got the
-notice twice, Telegram never had to refuse a send, and nginx kept answering while a
-worker was dead.
+some twice at the same moment), a notice goes out to all 300 from both workers while
+60 more ask ``/me`` and Telegram redelivers updates already answered, one worker is
+SIGKILLed a third of the way through, the other carries on alone, and 40 more ask
+``/me`` while it is the only one. Then: every update was handled once, every delivery
+row ended sent, failed or unknown, nobody got the notice twice, Telegram never had to
+refuse a send, the bot as a whole (replies and notices, both workers) never sent more
+than 30 messages in any second, and nginx kept answering while a worker was dead.
 
-Two things the scenario works around, on purpose and visibly:
+Replies and notices take their slots from one send budget shared through PostgreSQL
+(bot.send_budget, bot.paced), replies first: the notice goes out at what the replies
+leave of the rate.
 
-* The broadcast lease is five minutes and no setting shortens it (``BroadcastSender``'s
-  ``lease`` is fixed in ``bot.app``). Rather than wait, the test moves the dead
-  worker's leases into the past (5 minutes pass for those rows only) and lets the
-  surviving worker's own sweep find them.
-* Replies to commands are not paced by the shared send budget (bot.send_budget paces
-  broadcasts only), and the budget fills a second with 28-29 notices: one fresh ``/me``
-  answered while the notice goes out was enough for a 429 at the fake (measured: 28 or
-  29 notices and 1 reply in the second before each refusal). So while the notice goes
-  out, Telegram only *redelivers* updates already answered (handled once, no new
-  reply); fresh ``/me`` come before and after it. The 30/s check then measures what the
-  budget guarantees across the two processes. Folding replies into the budget is left
-  to whoever owns bot/send_budget.py.
+One thing the scenario works around, on purpose and visibly: the broadcast lease is
+five minutes and no setting shortens it (``BroadcastSender``'s ``lease`` is fixed in
+``bot.app``). Rather than wait, the test moves the dead worker's leases into the past
+(5 minutes pass for those rows only) and lets the surviving worker's own sweep find
+them.
 """
 
 from __future__ import annotations
@@ -47,6 +43,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.broadcast import DIRECT, create_broadcast
 from bot.db.models import Delivery, DeliveryStatus, HandledUpdate
+from bot.send_budget import REPLY_BURST
 from bot.text import plain, to_data
 from tests.conftest import PG_URL
 from tests.fakes.telegram_api import FakeTelegram
@@ -76,8 +73,6 @@ MEMBERS = 300
 FIRST_USER_ID = 810_000_001
 SECRET = "multiworker-secret"
 NOTICE = "Branch meeting moved to Friday 19:00 (multi-worker test)"
-# Replies to commands are sent outside the shared budget (see the module's docstring):
-# new /me before and after the broadcast, redeliveries while it goes out.
 STREAM_RATE = 10.0  # updates a second
 REDELIVER_EVERY = 0.2  # seconds between redeliveries while the notice goes out
 TELEGRAM_RATE = 30  # messages a second per bot
@@ -198,9 +193,10 @@ async def test_two_workers_behind_nginx_survive_losing_one(tmp_path: Path) -> No
 
 async def _scenario(url: str, people: list[Person], tmp_path: Path) -> None:
     async with FakeTelegram() as fake:
-        # Telegram's per-chat limit (about one a second) allows short bursts and is not
-        # what this test is about; a /me reply and the notice may meet in one chat.
-        fake.set_rate_limit(per_second=TELEGRAM_RATE, per_chat=None)
+        # Telegram's per-chat limit (about one a second) allows short bursts, and the
+        # bot's replies use them: a /me answered just as the notice reached that member
+        # (perhaps from the other worker) is such a burst.
+        fake.set_rate_limit(per_second=TELEGRAM_RATE, per_chat=1, chat_burst=REPLY_BURST)
         for person in people:
             fake.known_chat(person.telegram_id)  # they have all started the bot
         ports = [free_port(), free_port()]
@@ -242,7 +238,8 @@ async def _exercise(
     await traffic.stream(list(itertools.islice(askers, 60)), STREAM_RATE)
 
     # 2. A notice to every member, sent by both workers' senders (they look for due
-    #    rows every second), while Telegram redelivers updates already answered.
+    #    rows every second), while members ask /me and Telegram redelivers updates
+    #    already answered.
     async with prepared_app(url) as (app, services), app.sessionmaker.begin() as session:
         broadcast = await create_broadcast(
             session,
@@ -265,6 +262,7 @@ async def _exercise(
 
     stop_trickle = asyncio.Event()
     trickling = asyncio.create_task(trickle_until(stop_trickle))
+    asking = asyncio.create_task(traffic.stream(list(itertools.islice(askers, 60)), STREAM_RATE))
 
     # 3. SIGKILL one worker a third of the way through.
     deadline = time.monotonic() + 60
@@ -285,6 +283,8 @@ async def _exercise(
     stop_trickle.set()
     await trickling
     await asyncio.gather(*trickle)
+    await asking
+    _check_replies_during(fake)
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
@@ -313,10 +313,22 @@ async def _exercise(
 
     await _check_updates(url, fake, traffic, people, dead_at)
     await _check_broadcast(url, fake, counts, survivor, victim)
-    # Telegram never refused a send, and the two workers together stayed within its rate.
+    # Telegram never refused a send, and the two workers together, replies and
+    # notices, stayed within its rate (sendMessage is all they send for /me and DIRECT).
     assert fake.rate_limited == 0
-    assert [c for c in fake.calls if c.status == 429] == []
-    assert fake.busiest_window("sendMessage") <= TELEGRAM_RATE
+    assert [c for c in fake.calls if c.status == 429] == [], _rates(fake)
+    assert fake.busiest_window("sendMessage") <= TELEGRAM_RATE, _rates(fake)
+    assert not fake.calls_to("editMessageText")
+
+
+def _check_replies_during(fake: FakeTelegram) -> None:
+    """Fresh replies went out while the notice did, from both workers' time on: the
+    budget's reply lane was exercised, not just replies before and after."""
+    sends = fake.calls_to("sendMessage")
+    notices = [c.at for c in sends if NOTICE in str(c.params)]
+    replies = [c.at for c in sends if NOTICE not in str(c.params)]
+    during = [at for at in replies if notices[0] < at < notices[-1]]
+    assert len(during) >= 20, (len(during), _rates(fake))
 
 
 async def _check_updates(

@@ -167,9 +167,11 @@ async def start_worker(
     secret: str,
     directory: Path,
     adapter: str = "ptb",
+    send_rate: float | None = None,
 ) -> Worker:
     """``python -m bot.cli run`` in webhook mode, listening on ``port``; its output goes
-    to a file (a pipe nobody reads would stall it)."""
+    to a file (a pipe nobody reads would stall it). ``send_rate``: ZHIBU_SEND_RATE (None:
+    Telegram's limit)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ZHIBU_")}
     env = {
         **base,
@@ -185,6 +187,8 @@ async def start_worker(
         "ZHIBU_WEBHOOK__LISTEN_PORT": str(port),
         "ZHIBU_WEBHOOK__SECRET_TOKEN": secret,
     }
+    if send_rate is not None:
+        env["ZHIBU_SEND_RATE"] = str(send_rate)
     log_path = directory / f"worker-{port}.log"
     log = log_path.open("wb")
     process = await asyncio.create_subprocess_exec(

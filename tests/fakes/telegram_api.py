@@ -14,6 +14,7 @@ unit limit, message ids per chat, ``getUpdates`` offsets and long polling.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import copy
 import itertools
@@ -493,6 +494,12 @@ class FakeTelegram:
         self._chat_rate: float | None = None
         self._bot_window: collections.deque[float] = collections.deque()
         self._chat_windows: dict[int, collections.deque[float]] = {}
+        # With a burst allowance (set_rate_limit's chat_burst): per chat, the time at
+        # which its next message would be exactly on the rate (GCRA's "theoretical
+        # arrival time"), instead of a window.
+        self._chat_burst = 1
+        self._chat_due: dict[int, float] = {}
+        self._arrived = 0.0  # time.monotonic() when the request being handled arrived
 
         self._methods: dict[str, tuple[str, Callable[[JSONDict], Any] | None]] = {}
         for name, handler in (
@@ -940,12 +947,26 @@ class FakeTelegram:
             _Fault(status, description, parameters, times, chat_id)
         )
 
-    def set_rate_limit(self, per_second: float | None = 30.0, per_chat: float | None = 1.0) -> None:
-        """Refuse sends beyond these rates (sliding 1 s windows); ``None`` lifts a limit."""
+    def set_rate_limit(
+        self, per_second: float | None = 30.0, per_chat: float | None = 1.0, chat_burst: int = 1
+    ) -> None:
+        """Refuse sends beyond these rates (sliding 1 s windows); ``None`` lifts a limit.
+
+        ``chat_burst`` > 1: Telegram "may allow short bursts" over a chat's one message a
+        second. Per chat, up to that many messages may then go back to back, and the
+        rate holds on average (a token bucket: one token every 1/``per_chat`` seconds,
+        at most ``chat_burst`` saved), instead of the strict sliding window.
+
+        What counts, as for Telegram: new messages of any kind (sendMessage, sendPhoto,
+        sendDocument, sendPoll) for the bot and their chat, and text edits
+        (editMessageText) for the bot only. Answering a button press, setting commands
+        and stopping a poll do not count."""
         self._bot_rate = per_second
         self._chat_rate = per_chat
+        self._chat_burst = chat_burst
         self._bot_window.clear()
         self._chat_windows.clear()
+        self._chat_due.clear()
 
     # --- request handling -----------------------------------------------------------------
 
@@ -971,6 +992,11 @@ class FakeTelegram:
             if self._faults:
                 self._apply_fault(method, params)
             handler = entry[1]
+            # Rate limits count a request when it arrived, as Telegram would, not when
+            # this busy test process got round to it after reading its body: a send
+            # held up here must not crowd into a later second (handlers are synchronous,
+            # so nothing else runs between this and their use of it).
+            self._arrived = at
             result = await self._get_updates(params) if handler is None else handler(params)
             status, body = 200, {"ok": True, "result": result}
         except _ApiError as exc:
@@ -1179,7 +1205,8 @@ class FakeTelegram:
             raise _ApiError(403, _BLOCKED)
         return chat
 
-    def _check_rate(self, chat_id: int, now: float) -> None:
+    def _check_rate(self, chat_id: int | None, now: float) -> None:
+        """``chat_id`` None: a call that counts for the bot's rate only (an edit)."""
         cutoff = now - 1.0
         wait = 0.0
         if self._bot_rate is not None:
@@ -1188,7 +1215,11 @@ class FakeTelegram:
                 window.popleft()
             if len(window) >= self._bot_rate:
                 wait = window[0] - cutoff
-        if self._chat_rate is not None:
+        if self._chat_rate is not None and chat_id is not None and self._chat_burst > 1:
+            due = self._chat_due.get(chat_id, now)
+            early = due - now - (self._chat_burst - 1) / self._chat_rate
+            wait = max(wait, early)
+        elif self._chat_rate is not None and chat_id is not None:
             window = self._chat_windows.get(chat_id) or collections.deque()
             while window and window[0] <= cutoff:
                 window.popleft()
@@ -1203,18 +1234,22 @@ class FakeTelegram:
                 {"retry_after": retry_after},
             )
 
-    def _note_send(self, chat_id: int, now: float) -> None:
+    def _note_send(self, chat_id: int | None, now: float) -> None:
         if self._bot_rate is not None:
-            self._bot_window.append(now)
-        if self._chat_rate is not None:
+            # In arrival order, which is not always the order of handling.
+            bisect.insort(self._bot_window, now)
+        if self._chat_rate is not None and chat_id is not None and self._chat_burst > 1:
+            due = max(self._chat_due.get(chat_id, now), now)
+            self._chat_due[chat_id] = due + 1 / self._chat_rate
+        elif self._chat_rate is not None and chat_id is not None:
             window = self._chat_windows.get(chat_id)
             if window is None:
                 window = self._chat_windows[chat_id] = collections.deque()
-            window.append(now)
+            bisect.insort(window, now)
 
     def _begin_send(self, params: JSONDict) -> tuple[_Chat, float]:
         chat = self._target_chat(params, sending=True)
-        now = time.monotonic()
+        now = self._arrived
         if self._bot_rate is not None or self._chat_rate is not None:
             self._check_rate(chat.id, now)
         return chat, now
@@ -1552,6 +1587,11 @@ class FakeTelegram:
         )
         if not text:
             raise _error("Bad Request: message text is empty")
+        # An edit counts for the bot's rate (it is a message's new content) but adds no
+        # message to the chat, so not for the chat's one a second.
+        now = self._arrived
+        if self._bot_rate is not None:
+            self._check_rate(None, now)
         # Telegram drops the keyboard when an edit does not repeat it.
         markup = _inline_markup(params.get("reply_markup"))
         if (
@@ -1570,6 +1610,7 @@ class FakeTelegram:
         if markup is not None:
             updated["reply_markup"] = markup
         chat.messages[message["message_id"]] = updated
+        self._note_send(None, now)
         return updated
 
     def _edit_message_reply_markup(self, params: JSONDict) -> JSONDict | bool:
