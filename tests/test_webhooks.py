@@ -424,6 +424,9 @@ async def _hold_write_lock(app: App, held: asyncio.Event, release: asyncio.Event
         await conn.begin()
         if app.engine.dialect.name == "postgresql":
             await conn.execute(text("LOCK TABLE handled_update IN EXCLUSIVE MODE"))
+        else:
+            # BEGIN IMMEDIATE goes out with the transaction's first statement.
+            await conn.execute(text("SELECT 1"))
         held.set()
         await release.wait()
         await conn.rollback()
