@@ -305,18 +305,28 @@ class _Pass:
         self.in_flight = 0
         self.claimed = 0
         self.window, self.claim = window, claim
-        # Claim the next batch when fewer than this many rows wait for a worker; record
-        # outcomes in batches of this many (or after RECORD_DELAY).
-        self.ahead = self.batch = max(window, claim // 2)
+        # Rows claimed and not yet recorded, at most: what a SIGKILL can leave unknown.
+        self.limit = 2 * claim
+        # Record outcomes in batches of this many (or after RECORD_DELAY); claim again
+        # once there is room for at least this many rows.
+        self.batch = max(window, claim // 2)
+        # Claim while fewer than a whole claim wait for a worker. A claim and a record
+        # each take a database round trip or two (tens of ms on a busy machine), so
+        # topping up early, in smaller claims if the limit leaves less room, keeps the
+        # workers from running dry and then all starting at once.
+        self.ahead = max(window, claim)
         # Set only when the task waiting on it has something to do, not for every
         # message: at hundreds of messages a second, needless wake-ups add up.
         self.room = asyncio.Event()  # the claimer may claim
         self.to_record = asyncio.Event()  # a first outcome, or a full batch, or the end
         self.finished = False  # every send worker has stopped
 
+    def room_for(self) -> int:
+        """How many rows the next claim may take: never more than ``limit`` unrecorded."""
+        return min(self.claim, self.limit - self.in_flight)
+
     def may_claim(self) -> bool:
-        # Ahead of the workers, but never more than two claims unrecorded.
-        return self.ready.qsize() < self.ahead and self.in_flight + self.claim <= 2 * self.claim
+        return self.ready.qsize() < self.ahead and self.room_for() >= min(self.batch, self.claim)
 
     def add(self, row: _Claimed, outcome: _Outcome) -> None:
         self.outcomes.append((row, outcome))
@@ -476,7 +486,7 @@ class BroadcastSender:
             # and again until it ends: a busy loop of write transactions.
             await self.budget.resumed()
             now = self.services.clock.now()
-            claimed = await self._claim(now)
+            claimed = await self._claim(now, run.room_for())
             if not claimed:
                 return
             run.claimed += len(claimed)
@@ -536,7 +546,7 @@ class BroadcastSender:
 
     # --- the database ----------------------------------------------------------------
 
-    async def _claim(self, now: datetime) -> list[_Claimed]:
+    async def _claim(self, now: datetime, size: int) -> list[_Claimed]:
         async with self.sessionmaker.begin() as session:
             # Rows a dead sender left claimed may or may not have gone out. Looked for
             # every so often, not every claim: it is a write, and leases last minutes.
@@ -557,7 +567,7 @@ class BroadcastSender:
                 select(Delivery.id)
                 .where(Delivery.status == PENDING, Delivery.next_attempt_at <= now)
                 .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(self.claim)
+                .limit(size)
                 .with_for_update(skip_locked=True)
             )
             ids = list((await session.scalars(due)).all())
