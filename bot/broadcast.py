@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
 from bot.context import RenderContext, Services
 from bot.db.models import Base, Broadcast, Delivery, DeliveryStatus, Member, MemberIdentity
@@ -336,6 +338,46 @@ class _Pass:
             self.room.set()
 
 
+@functools.cache
+def _claim_statement(dialect: str) -> Executable:
+    """Claim due rows in one statement (one round trip, not a SELECT and an UPDATE).
+
+    The due rows are picked and locked (``FOR UPDATE SKIP LOCKED``) in a CTE, which
+    PostgreSQL is told to materialise: evaluated once, so the UPDATE takes exactly the
+    rows locked for it and never rows another sender holds. SQLite has one writer at a
+    time (``BEGIN IMMEDIATE``) and ignores the locking clause.
+    """
+    table = Base.metadata.tables[Delivery.__tablename__]
+    due = (
+        select(table.c.id)
+        .where(table.c.status == PENDING, table.c.next_attempt_at <= bindparam("now"))
+        .order_by(table.c.next_attempt_at, table.c.id)
+        .limit(bindparam("size"))
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    if dialect == "postgresql":
+        due = due.prefix_with("MATERIALIZED")
+    return (
+        update(table)
+        .where(table.c.id.in_(select(due.c.id)))
+        .values(
+            status=SENDING,
+            worker=bindparam("worker"),
+            lease_until=bindparam("lease_until"),
+            attempts=table.c.attempts + 1,
+        )
+        .returning(
+            table.c.id,
+            table.c.broadcast_id,
+            table.c.chat_id,
+            table.c.language,
+            table.c.payload,
+            table.c.attempts,
+        )
+    )
+
+
 class BroadcastSender:
     """Works through due deliveries. One per process; several processes may share a
     PostgreSQL database (rows are claimed with SKIP LOCKED).
@@ -563,33 +605,15 @@ class BroadcastSender:
             if stale is not None and (stale_broadcasts := set(stale.scalars())):
                 # They may have been their broadcasts' last open rows.
                 await self._complete(session, stale_broadcasts, now)
-            due = (
-                select(Delivery.id)
-                .where(Delivery.status == PENDING, Delivery.next_attempt_at <= now)
-                .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(size)
-                .with_for_update(skip_locked=True)
-            )
-            ids = list((await session.scalars(due)).all())
-            if not ids:
-                return []
-            rows = await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids))
-                .values(
-                    status=SENDING,
-                    worker=self.worker_id,
-                    lease_until=now + self.lease,
-                    attempts=Delivery.attempts + 1,
-                )
-                .returning(
-                    Delivery.id,
-                    Delivery.broadcast_id,
-                    Delivery.chat_id,
-                    Delivery.language,
-                    Delivery.payload,
-                    Delivery.attempts,
-                )
+            connection = await session.connection()
+            rows = await connection.execute(
+                _claim_statement(connection.dialect.name),
+                {
+                    "now": now,
+                    "size": size,
+                    "worker": self.worker_id,
+                    "lease_until": now + self.lease,
+                },
             )
             claimed = [_Claimed(*row) for row in rows.all()]
         return sorted(claimed, key=lambda row: row.id)
