@@ -383,8 +383,8 @@ class BroadcastSender:
     PostgreSQL database (rows are claimed with SKIP LOCKED).
 
     A pass is a pipeline, so the sends never wait for the database: one task claims
-    ``claim`` rows at a time (and renders them) while the previous ones are still
-    going out; ``window`` send workers take rows one by one, each at its own paced
+    up to ``claim`` rows at a time (and renders them) while the previous ones are
+    still going out; ``window`` send workers take rows one by one, each at its own paced
     slot; one task records finished outcomes in batches, a transaction per batch.
     At most ``2 * claim`` rows are claimed and not yet recorded at any moment: that is
     what a SIGKILL can leave ``unknown``.
