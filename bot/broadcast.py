@@ -309,14 +309,10 @@ class _Pass:
         self.window, self.claim = window, claim
         # Rows claimed and not yet recorded, at most: what a SIGKILL can leave unknown.
         self.limit = 2 * claim
-        # Record outcomes in batches of this many (or after RECORD_DELAY); claim again
-        # once there is room for at least this many rows.
-        self.batch = max(window, claim // 2)
-        # Claim while fewer than a whole claim wait for a worker. A claim and a record
-        # each take a database round trip or two (tens of ms on a busy machine), so
-        # topping up early, in smaller claims if the limit leaves less room, keeps the
-        # workers from running dry and then all starting at once.
-        self.ahead = max(window, claim)
+        # Claim the next batch when fewer than this many rows wait for a worker; record
+        # outcomes in batches of this many (or after RECORD_DELAY). Not further ahead:
+        # on PostgreSQL the other processes should get their share of a broadcast.
+        self.ahead = self.batch = max(window, claim // 2)
         # Set only when the task waiting on it has something to do, not for every
         # message: at hundreds of messages a second, needless wake-ups add up.
         self.room = asyncio.Event()  # the claimer may claim
@@ -324,7 +320,13 @@ class _Pass:
         self.finished = False  # every send worker has stopped
 
     def room_for(self) -> int:
-        """How many rows the next claim may take: never more than ``limit`` unrecorded."""
+        """How many rows the next claim may take: never more than ``limit`` unrecorded.
+
+        A claim and its render take several database round trips (100-250 ms on a busy
+        machine), longer than ``ahead`` rows last at full speed. Waiting for room for a
+        whole claim let the workers run dry and then all start at once; a smaller claim
+        now keeps them busy.
+        """
         return min(self.claim, self.limit - self.in_flight)
 
     def may_claim(self) -> bool:
