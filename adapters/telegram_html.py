@@ -113,11 +113,14 @@ def render(rich: Rich) -> str:
         if not span.text:
             continue
         text = _escape(span.text)
-        if span.style is Style.LINK:
+        # Identity first: most spans are plain, and hashing an Enum member (for the
+        # _TAGS lookup) is a Python-level call.
+        if span.style is Style.PLAIN:
+            out.append(text)
+        elif span.style is Style.LINK:
             url = safe_link_url(span.url)
             out.append(f'<a href="{_escape_attr(url)}">{text}</a>' if url else text)
-        elif span.style in _TAGS:
-            tag = _TAGS[span.style]
+        elif (tag := _TAGS.get(span.style)) is not None:
             out.append(f"<{tag}>{text}</{tag}>")
         else:
             out.append(text)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
 from bot.context import RenderContext, Services
 from bot.db.models import Base, Broadcast, Delivery, DeliveryStatus, Member, MemberIdentity
@@ -305,8 +307,11 @@ class _Pass:
         self.in_flight = 0
         self.claimed = 0
         self.window, self.claim = window, claim
+        # Rows claimed and not yet recorded, at most: what a SIGKILL can leave unknown.
+        self.limit = 2 * claim
         # Claim the next batch when fewer than this many rows wait for a worker; record
-        # outcomes in batches of this many (or after RECORD_DELAY).
+        # outcomes in batches of this many (or after RECORD_DELAY). Not further ahead:
+        # on PostgreSQL the other processes should get their share of a broadcast.
         self.ahead = self.batch = max(window, claim // 2)
         # Set only when the task waiting on it has something to do, not for every
         # message: at hundreds of messages a second, needless wake-ups add up.
@@ -314,9 +319,18 @@ class _Pass:
         self.to_record = asyncio.Event()  # a first outcome, or a full batch, or the end
         self.finished = False  # every send worker has stopped
 
+    def room_for(self) -> int:
+        """How many rows the next claim may take: never more than ``limit`` unrecorded.
+
+        A claim and its render take several database round trips (100-250 ms on a busy
+        machine), longer than ``ahead`` rows last at full speed. Waiting for room for a
+        whole claim let the workers run dry and then all start at once; a smaller claim
+        now keeps them busy.
+        """
+        return min(self.claim, self.limit - self.in_flight)
+
     def may_claim(self) -> bool:
-        # Ahead of the workers, but never more than two claims unrecorded.
-        return self.ready.qsize() < self.ahead and self.in_flight + self.claim <= 2 * self.claim
+        return self.ready.qsize() < self.ahead and self.room_for() >= min(self.batch, self.claim)
 
     def add(self, row: _Claimed, outcome: _Outcome) -> None:
         self.outcomes.append((row, outcome))
@@ -326,13 +340,53 @@ class _Pass:
             self.room.set()
 
 
+@functools.cache
+def _claim_statement(dialect: str) -> Executable:
+    """Claim due rows in one statement (one round trip, not a SELECT and an UPDATE).
+
+    The due rows are picked and locked (``FOR UPDATE SKIP LOCKED``) in a CTE, which
+    PostgreSQL is told to materialise: evaluated once, so the UPDATE takes exactly the
+    rows locked for it and never rows another sender holds. SQLite has one writer at a
+    time (``BEGIN IMMEDIATE``) and ignores the locking clause.
+    """
+    table = Base.metadata.tables[Delivery.__tablename__]
+    due = (
+        select(table.c.id)
+        .where(table.c.status == PENDING, table.c.next_attempt_at <= bindparam("now"))
+        .order_by(table.c.next_attempt_at, table.c.id)
+        .limit(bindparam("size"))
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    if dialect == "postgresql":
+        due = due.prefix_with("MATERIALIZED")
+    return (
+        update(table)
+        .where(table.c.id.in_(select(due.c.id)))
+        .values(
+            status=SENDING,
+            worker=bindparam("worker"),
+            lease_until=bindparam("lease_until"),
+            attempts=table.c.attempts + 1,
+        )
+        .returning(
+            table.c.id,
+            table.c.broadcast_id,
+            table.c.chat_id,
+            table.c.language,
+            table.c.payload,
+            table.c.attempts,
+        )
+    )
+
+
 class BroadcastSender:
     """Works through due deliveries. One per process; several processes may share a
     PostgreSQL database (rows are claimed with SKIP LOCKED).
 
     A pass is a pipeline, so the sends never wait for the database: one task claims
-    ``claim`` rows at a time (and renders them) while the previous ones are still
-    going out; ``window`` send workers take rows one by one, each at its own paced
+    up to ``claim`` rows at a time (and renders them) while the previous ones are
+    still going out; ``window`` send workers take rows one by one, each at its own paced
     slot; one task records finished outcomes in batches, a transaction per batch.
     At most ``2 * claim`` rows are claimed and not yet recorded at any moment: that is
     what a SIGKILL can leave ``unknown``.
@@ -476,7 +530,7 @@ class BroadcastSender:
             # and again until it ends: a busy loop of write transactions.
             await self.budget.resumed()
             now = self.services.clock.now()
-            claimed = await self._claim(now)
+            claimed = await self._claim(now, run.room_for())
             if not claimed:
                 return
             run.claimed += len(claimed)
@@ -536,7 +590,7 @@ class BroadcastSender:
 
     # --- the database ----------------------------------------------------------------
 
-    async def _claim(self, now: datetime) -> list[_Claimed]:
+    async def _claim(self, now: datetime, size: int) -> list[_Claimed]:
         async with self.sessionmaker.begin() as session:
             # Rows a dead sender left claimed may or may not have gone out. Looked for
             # every so often, not every claim: it is a write, and leases last minutes.
@@ -553,33 +607,15 @@ class BroadcastSender:
             if stale is not None and (stale_broadcasts := set(stale.scalars())):
                 # They may have been their broadcasts' last open rows.
                 await self._complete(session, stale_broadcasts, now)
-            due = (
-                select(Delivery.id)
-                .where(Delivery.status == PENDING, Delivery.next_attempt_at <= now)
-                .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(self.claim)
-                .with_for_update(skip_locked=True)
-            )
-            ids = list((await session.scalars(due)).all())
-            if not ids:
-                return []
-            rows = await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids))
-                .values(
-                    status=SENDING,
-                    worker=self.worker_id,
-                    lease_until=now + self.lease,
-                    attempts=Delivery.attempts + 1,
-                )
-                .returning(
-                    Delivery.id,
-                    Delivery.broadcast_id,
-                    Delivery.chat_id,
-                    Delivery.language,
-                    Delivery.payload,
-                    Delivery.attempts,
-                )
+            connection = await session.connection()
+            rows = await connection.execute(
+                _claim_statement(connection.dialect.name),
+                {
+                    "now": now,
+                    "size": size,
+                    "worker": self.worker_id,
+                    "lease_until": now + self.lease,
+                },
             )
             claimed = [_Claimed(*row) for row in rows.all()]
         return sorted(claimed, key=lambda row: row.id)

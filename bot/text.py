@@ -47,7 +47,7 @@ class Rich:
 
     @property
     def plain(self) -> str:
-        return "".join(span.text for span in self.spans)
+        return "".join([span.text for span in self.spans])
 
     def __len__(self) -> int:
         return units(self.plain)
@@ -157,5 +157,15 @@ def to_data(rich: Rich) -> list[list[str | None]]:
     return [[span.text, span.style.value, span.url] for span in rich.spans]
 
 
+# Looking an Enum member up by value (``Style(value)``) runs Enum's Python-level
+# machinery; a broadcast decodes every span of every recipient's message.
+_STYLES = {style.value: style for style in Style}
+
+
 def from_data(data: list[list[str | None]]) -> Rich:
-    return Rich(tuple(Span(text or "", Style(style or "plain"), url) for text, style, url in data))
+    return Rich(
+        tuple(
+            Span(text or "", _STYLES.get(style or "plain") or Style(style), url)
+            for text, style, url in data
+        )
+    )

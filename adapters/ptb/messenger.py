@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -114,6 +115,13 @@ def _document_caption(path: Path, caption: str | None) -> str | None:
 def _markup(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
     if not rows:
         return None
+    return _keyboard(tuple(tuple(row) for row in rows))
+
+
+@functools.lru_cache(maxsize=256)
+def _keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup:
+    # A broadcast gives every recipient the same buttons, and building PTB's (frozen,
+    # so shareable) objects costs more than the rest of preparing a message.
     return InlineKeyboardMarkup(
         [[InlineKeyboardButton(b.label, callback_data=b.data) for b in row] for row in rows]
     )
