@@ -149,9 +149,8 @@ class App:
         # are per bot, not per process. Replies and broadcasts share it too (replies
         # first): the platform counts every message the bot sends.
         rate = self.settings.send_rate or capabilities.send_rate
-        budget = budget_for(
-            self.engine, self.messenger.platform, rate * 0.96, capabilities.per_chat_rate
-        )
+        per_chat = self.settings.send_rate_per_chat or capabilities.per_chat_rate
+        budget = budget_for(self.engine, self.messenger.platform, rate * 0.96, per_chat)
         self.budget = budget
         self.sender = BroadcastSender(
             self.sessionmaker,

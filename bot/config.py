@@ -214,6 +214,10 @@ class Settings(BaseSettings):
     # together; None: the messenger's limit (Telegram: 30). Only raise it if the platform
     # allows the bot more; benchmarks raise it to measure the code, not the limit.
     send_rate: float | None = Field(default=None, gt=0)
+    # Messages a second into one chat; None: the messenger's limit (Telegram: 1, with
+    # short bursts for replies). Raised by tests whose scripted members answer faster
+    # than any person can, so that they do not wait out a limit they do not test.
+    send_rate_per_chat: float | None = Field(default=None, gt=0)
     # How often due work (reminders, nudges) is looked for, in seconds.
     scheduler_tick_seconds: float = Field(default=15.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

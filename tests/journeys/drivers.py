@@ -72,6 +72,10 @@ class Driver(ABC):
             database={"url": database_url},  # type: ignore[arg-type]
             admins=[self.admin_identity],
             invite=InviteSettings(max_uses=2),
+            # Scripted members press and type at once; Telegram's limits are the send
+            # budget's tests' business (tests/test_send_budget.py), not every journey's.
+            send_rate=10_000,
+            send_rate_per_chat=10_000,
         )
 
     @property
