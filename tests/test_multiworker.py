@@ -46,7 +46,7 @@ from bot.db.models import Delivery, DeliveryStatus, HandledUpdate
 from bot.send_budget import REPLY_BURST
 from bot.text import plain, to_data
 from tests.conftest import PG_URL
-from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import FakeTelegram, busiest
 from tests.nginx_site import NGINX, NO_NGINX_REASON, free_port, render, running, wait_listening
 from tests.webhook_workers import (
     Person,
@@ -408,17 +408,6 @@ async def _check_broadcast(
     assert senders[survivor.worker_id] > 0 and senders[victim.worker_id] > 0, senders
 
 
-def _busiest(times: Sequence[float], span: float = 1.0) -> int:
-    """Most of ``times`` within any ``span`` seconds."""
-    ordered = sorted(times)
-    best, first = 0, 0
-    for last, at in enumerate(ordered):
-        while ordered[first] <= at - span:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
-
-
 def _rates(fake: FakeTelegram) -> str:
     sends = fake.calls_to("sendMessage")
     notices = [c.at for c in sends if NOTICE in str(c.params)]
@@ -432,7 +421,7 @@ def _rates(fake: FakeTelegram) -> str:
         if c.status == 429
     ]
     return (
-        f"busiest second: {_busiest([c.at for c in sends])} sends, "
-        f"{_busiest(notices)} notices, {_busiest(replies)} replies; "
+        f"busiest second: {busiest([c.at for c in sends])} sends, "
+        f"{busiest(notices)} notices, {busiest(replies)} replies; "
         f"(notices, replies) in the second before each 429: {before}"
     )

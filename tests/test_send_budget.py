@@ -28,7 +28,7 @@ from bot.send_budget import (
     budget_for,
 )
 from bot.text import plain
-from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import FakeTelegram, busiest
 
 RATE = 20  # the platform's limit: messages a second
 QUEUED = 8  # broadcast sends waiting, as the sender's eight send workers do
@@ -40,16 +40,6 @@ def _budget(engine: AsyncEngine) -> Budget:
     expected = SharedSendBudget if engine.dialect.name == "postgresql" else SendBudget
     assert isinstance(budget, expected)
     return budget
-
-
-def _busiest(times: list[float], span: float = 1.0) -> int:
-    ordered = sorted(times)
-    best, first = 0, 0
-    for last, at in enumerate(ordered):
-        while ordered[first] <= at - span:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 async def test_a_reply_overtakes_the_waiting_broadcast_sends(engine: AsyncEngine) -> None:
@@ -88,7 +78,7 @@ async def test_replies_and_broadcasts_together_stay_within_the_rate(engine: Asyn
     sends += [send(f"asker-{i % 5}", reply=True) for i in range(15)]
     await asyncio.gather(*sends)
     assert len(times) == 35
-    assert _busiest(times) <= RATE
+    assert busiest(times) <= RATE
 
 
 async def test_replies_wait_out_a_429_pause(engine: AsyncEngine) -> None:

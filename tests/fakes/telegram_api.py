@@ -23,7 +23,7 @@ import math
 import mimetypes
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http import HTTPStatus
@@ -434,6 +434,18 @@ def _scope_key(scope: JSONDict | None) -> str:
     return json.dumps(normal, sort_keys=True)
 
 
+def busiest(times: Iterable[float], span: float = 1.0) -> int:
+    """Most of ``times`` within any ``span`` seconds: what a sliding-window rate limit
+    such as Telegram's counts."""
+    ordered = sorted(times)
+    best, first = 0, 0
+    for last, at in enumerate(ordered):
+        while ordered[first] <= at - span:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
 class FakeTelegram:
     """A Telegram Bot API server for one bot, living in the test's event loop."""
 
@@ -825,15 +837,10 @@ class FakeTelegram:
         """Most requests to ``method`` (answered ``status``, if given) that arrived within
         any ``span`` seconds: what a sliding-window rate limit such as Telegram's counts,
         whether or not this server enforces one (``set_rate_limit``)."""
-        times = sorted(
-            call.at for call in self.calls_to(method) if status is None or call.status == status
+        return busiest(
+            [call.at for call in self.calls_to(method) if status is None or call.status == status],
+            span,
         )
-        best, first = 0, 0
-        for last, at in enumerate(times):
-            while times[first] <= at - span:
-                first += 1
-            best = max(best, last - first + 1)
-        return best
 
     def messages_to(self, chat_id: int) -> list[JSONDict]:
         """Messages the bot sent to the chat and has not deleted, as they look now."""
