@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bot.config import DEFAULT_CONTENT
 from bot.content import load_pack
 from bot.db.models import Broadcast, Delivery, DeliveryStatus, Role
-from tests.fakes.telegram_api import Call, FakeTelegram
+from tests.fakes.telegram_api import Call, FakeTelegram, busiest
 
 from .broadcast_worker import SENDER_WINDOW, UNLIMITED_RATE, LoopLag, WorkerSpec
 from .harness import (
@@ -380,16 +380,6 @@ def _relative(lag: dict[str, Any], origin: float) -> dict[str, Any]:
     }
 
 
-def _busiest(times: Sequence[float], span: float) -> int:
-    """Most events in any window of ``span`` seconds that starts at an event."""
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - span:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 def _slowest(times: Sequence[float], span: float) -> float:
     """Fewest events per second in any ``span``-second window starting at an event and
     ending before the last one (so the tail does not count as slow)."""
@@ -448,7 +438,7 @@ async def run_paced(
         first_send_seconds=times[0] - report["woken_at"],
         window_seconds=run.window,
         wall_seconds=report["completed_at"] - report["created_at"],
-        busiest_second=_busiest(times, 1.0),
+        busiest_second=busiest(times, 1.0),
         slowest_10s=_slowest(times, 10.0),
         cpu_ms_per_message=report["cpu_seconds"] * 1000 / n,
         rate_limited_at=[t - times[0] for t in refused],

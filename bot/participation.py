@@ -194,6 +194,12 @@ def _column(model: Any, name: str) -> Any:
     return _table(model).c[name]
 
 
+def _param(model: Any, name: str, column: str) -> Any:
+    """A bound parameter named apart from its column (Core would take a column's own
+    name for a SET value), typed as the column is."""
+    return bindparam(name, type_=_column(model, column).type)
+
+
 @functools.cache
 def _recount_statements(postgres: bool, one_branch: bool) -> tuple[Any, Any]:
     """The recount's statements, built once per database kind and scope: building them
@@ -332,8 +338,7 @@ async def took_part(
 def _took_part_statement(postgres: bool) -> Any:
     """``took_part``'s upsert, built once per database kind (see _recount_statements)."""
 
-    def param(name: str, column: str) -> Any:
-        return bindparam(name, type_=_column(Participation, column).type)
+    param = functools.partial(_param, Participation)
 
     member = param("p_member", "member_id")
     members = _table(Member).c
@@ -498,8 +503,7 @@ async def award(
 def _award_statement(postgres: bool) -> Any:
     """``award``'s insert, built once per database kind (see _recount_statements)."""
 
-    def param(name: str, column: str) -> Any:
-        return bindparam(name, type_=_column(PointsAward, column).type)
+    param = functools.partial(_param, PointsAward)
 
     member = param("p_member", "member_id")
     members = _table(Member).c
@@ -550,8 +554,7 @@ async def _add_points(
 def _add_points_statement(postgres: bool) -> Any:
     """``_add_points``' upsert, built once per database kind (see _recount_statements)."""
 
-    def param(name: str, column: str) -> Any:
-        return bindparam(name, type_=_column(PointsSummary, column).type)
+    param = functools.partial(_param, PointsSummary)
 
     insert = postgresql.insert if postgres else sqlite.insert
     statement = insert(_table(PointsSummary)).values(
