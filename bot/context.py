@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
@@ -223,6 +223,8 @@ class Context:
     # Set when the handler created deliveries; the dispatcher wakes the sender after commit.
     created_deliveries: bool = False
     readonly: bool = False
+    # The rows of the pressed button's Preload (bot.routing), read with the identity.
+    preloaded: Sequence[Row[*tuple[Any, ...]]] | None = None
 
     def writing(self) -> None:
         """Called before any change: a read-only attempt stops here and is redone."""

@@ -45,7 +45,7 @@ words = st.text(max_size=30)
 commands = st.builds(lambda c, a: f"/{c} {a}", st.sampled_from(COMMANDS), words)
 texts = st.one_of(st.text(max_size=200), commands, st.just("x" * 5000))
 prefixes = st.sampled_from(
-    ["join", "lang", "mem", "nc", "nm", "rsvp", "leave", "leavec", "zzz", ""]
+    ["join", "lang", "mem", "nc", "nm", "rsvp", "leave", "leavec", "qa", "qt", "qs", "zzz", ""]
 )
 numbers = st.sampled_from(["0", "1", "2", "3", "99999", "-1", "²", "1e3"])
 parts = st.lists(st.one_of(st.text(max_size=12), numbers), max_size=4)

@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bot.db.models import (
     AuditLog,
@@ -261,6 +261,11 @@ async def test_refused_presses_change_nothing(driver: Driver) -> None:
         await driver.press_data(WANG, f"qa:{attempt}:1:9", current.message_id),  # no such choice
         await driver.press_data(WANG, f"qa:{attempt}:2:0", current.message_id),  # not yet asked
         await driver.press_data(WANG, f"qs:{attempt}:0", current.message_id),  # answered
+        # Tampered data: the parts the dispatcher reads with the identity are checked.
+        await driver.press_data(WANG, f"qa:{attempt}", current.message_id),
+        await driver.press_data(WANG, f"qa:x{attempt}:1:0", current.message_id),
+        await driver.press_data(WANG, "qa:999999999:1:0", current.message_id),  # no attempt
+        await driver.press_data(WANG, f"qa:{attempt}:99:0", current.message_id),  # no question
     ]
     for reply in refused:
         assert "无效" in texts(reply), texts(reply)
@@ -268,6 +273,37 @@ async def test_refused_presses_change_nothing(driver: Driver) -> None:
     # The attempt goes on from where it was.
     shown = await answer(driver, WANG, shown)
     assert "第 3/4 题" in texts(shown)
+
+
+async def test_an_answer_reads_identity_and_attempt_in_one_statement(driver: Driver) -> None:
+    """The quiz buttons preload their attempt with the member's identity (see
+    bot.routing.Preload): one read, then the writes."""
+    if not isinstance(driver, ConsoleDriver):
+        pytest.skip("the statements are the core's; one adapter shows them")
+    await setting_up(driver)
+    await open_quiz(driver)
+    shown = await driver.send(WANG, "/quiz")
+    shown = await driver.press(WANG, shown[-1], "开始 Q")
+    message, _ = question(shown)
+    while any(b.data.startswith("qs:") for b in message.buttons):  # a single-answer one
+        shown = await answer(driver, WANG, shown)
+        message, _ = question(shown)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    engine = driver.app.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        shown = await answer(driver, WANG, shown)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.startswith("select")]
+    assert statements and statements[0] == reads[0], statements
+    assert "member_identity" in reads[0] and "quiz_attempt" in reads[0], reads[0]
+    writes = [s for s in statements if not s.startswith("select")]
+    assert writes, statements  # the answer was stored, after that one read
 
 
 async def test_a_double_tap_handled_at_once_counts_once(driver: Driver) -> None:

@@ -12,7 +12,7 @@ import random
 import re
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -28,7 +28,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bot import scheduler
@@ -39,8 +38,19 @@ from bot.messenger import Button, PollAnswer, PollRef
 from bot.routing import Router
 from bot.text import Rich, bold, join, units
 
-from . import common
+from . import common, state
 from .credit import credit
+from .state import (
+    AnswerState,
+    AnswerView,
+    AttemptState,
+    AttemptView,
+    QuestionState,
+    QuestionView,
+    QuizState,
+    QuizView,
+    Step,
+)
 
 router = Router("quiz-take")
 START, ANSWER, TOGGLE, SUBMIT = "qstart", "qa", "qt", "qs"
@@ -153,7 +163,7 @@ async def _new_attempt(ctx: Context, quiz: Quiz, number: int) -> QuizAttempt | N
     return attempt
 
 
-async def _row(ctx: Context, attempt: QuizAttempt, position: int) -> tuple[QuizAnswer, Question]:
+async def _row(ctx: Context, attempt: AttemptView, position: int) -> tuple[QuizAnswer, Question]:
     row = await ctx.session.get(QuizAnswer, (attempt.id, position))
     if row is None:
         raise InvalidButton
@@ -161,7 +171,7 @@ async def _row(ctx: Context, attempt: QuizAttempt, position: int) -> tuple[QuizA
 
 
 async def show_current(
-    ctx: Context, quiz: Quiz, attempt: QuizAttempt, *, intro: str | None = None
+    ctx: Context, quiz: QuizView, attempt: AttemptView, *, intro: str | None = None
 ) -> None:
     row, question = await _row(ctx, attempt, attempt.position)
     # A question already sent as a poll is shown with buttons when resumed: the first
@@ -179,7 +189,7 @@ async def show_current(
 
 
 def _as_poll(
-    ctx: Context, quiz: Quiz, attempt: QuizAttempt, row: QuizAnswer, question: Question
+    ctx: Context, quiz: QuizView, attempt: AttemptView, row: AnswerView, question: QuestionView
 ) -> QuizPoll | None:
     """The question as a native quiz poll, where the quiz wants one and it fits."""
     if not (quiz.use_polls and ctx.services.capabilities.quiz_polls):
@@ -221,7 +231,7 @@ def _as_poll(
 # --- how a question looks ------------------------------------------------------------
 
 
-def _progress(t: Translator, attempt: QuizAttempt, now: datetime) -> str:
+def _progress(t: Translator, attempt: AttemptView, now: datetime) -> str:
     line = t("Question {n}/{total}", n=attempt.position + 1, total=attempt.total)
     if attempt.deadline_at is not None:
         minutes = max(0, int((attempt.deadline_at - now).total_seconds() // 60))
@@ -231,10 +241,10 @@ def _progress(t: Translator, attempt: QuizAttempt, now: datetime) -> str:
 
 def question_text(
     t: Translator,
-    quiz: Quiz,
-    attempt: QuizAttempt,
-    row: QuizAnswer,
-    question: Question,
+    quiz: QuizView,
+    attempt: AttemptView,
+    row: AnswerView,
+    question: QuestionView,
     now: datetime,
 ) -> Rich:
     lines: list[Rich | str] = [
@@ -249,7 +259,7 @@ def question_text(
 
 
 def question_buttons(
-    ctx: Context, attempt: QuizAttempt, row: QuizAnswer, question: Question
+    ctx: Context, attempt: AttemptView, row: AnswerView, question: QuestionView
 ) -> list[list[Button]]:
     letters = common.LETTERS
     if question.kind != QuestionKind.MULTIPLE:
@@ -280,34 +290,21 @@ def question_buttons(
 
 @dataclass(frozen=True, slots=True)
 class Pressed:
-    """What a quiz button press is about, read in one query: the attempt and its quiz,
-    the question pressed on and its answer row, the next one (if any), and the numbers
-    after the attempt and position in the button's data."""
+    """What a quiz button press is about, read in one query (see :mod:`.state`): the
+    attempt and its quiz, the question pressed on and its answer row, the next one (if
+    any), and the numbers after the attempt and position in the button's data."""
 
-    quiz: Quiz
-    attempt: QuizAttempt
-    row: QuizAnswer
-    question: Question
-    following: tuple[QuizAnswer, Question] | None
+    quiz: QuizState
+    attempt: AttemptState
+    row: AnswerState
+    question: QuestionState
+    following: Step | None
     rest: list[int]
 
 
 # The statements of every answer, built once: building them took a few hundred µs of
 # Python per answer on the benchmark machine. Bound parameter names differ from column
 # names, which Core would otherwise take for SET values.
-_PRESSED = (
-    select(QuizAttempt, Quiz, QuizAnswer, Question)
-    .join(Quiz, Quiz.id == QuizAttempt.quiz_id)
-    .join(QuizAnswer, QuizAnswer.attempt_id == QuizAttempt.id)
-    .join(Question, Question.id == QuizAnswer.question_id)
-    .where(
-        QuizAttempt.id == bindparam("p_attempt"),
-        QuizAnswer.position.between(bindparam("p_position"), bindparam("p_following")),
-    )
-    .order_by(QuizAnswer.position)
-    # The audience is checked when the attempt starts; an answer never needs it.
-    .options(lazyload(Quiz.branches))
-)
 _attempt = typing.cast(Table, QuizAttempt.__table__)
 _answer = typing.cast(Table, QuizAnswer.__table__)
 _MOVE = (
@@ -338,6 +335,17 @@ _STORE = (
 )
 
 
+_PENDING = (
+    update(_answer)
+    .where(
+        _answer.c.attempt_id == bindparam("p_attempt"),
+        _answer.c.position == bindparam("p_position"),
+        _answer.c.answered_at.is_(None),
+    )
+    .values(pending=bindparam("p_pending", type_=_answer.c.pending.type))
+)
+
+
 def _move_and_store() -> Select[tuple[int, int, int]]:
     """Both updates in one round trip, where the database has data-modifying WITH
     (PostgreSQL): the answer row is stored only if the attempt moved, and the result
@@ -361,29 +369,32 @@ async def _pressed(ctx: Context, count: int) -> Pressed:
     if len(ctx.parts) != count or not all(_ID.fullmatch(p) for p in ctx.parts):
         raise InvalidButton
     attempt_id, position, *rest = (int(p) for p in ctx.parts)
-    rows = (
-        await ctx.session.execute(
-            _PRESSED,
-            {"p_attempt": attempt_id, "p_position": position, "p_following": position + 1},
-        )
-    ).all()
-    if not rows:
+    at = (
+        state.snapshot(attempt_id, ctx.preloaded)
+        if ctx.preloaded is not None
+        else await state.read(ctx.session, attempt_id, position)
+    )
+    if at is None:
         raise InvalidButton
-    attempt, quiz, row, question = rows[0]
+    attempt, (step, *after) = at.attempt, at.steps
     if attempt.member_id != ctx.require_member().id:
         raise InvalidButton  # not theirs: forged, or forwarded from someone else
-    if attempt.status != "in_progress" or position != attempt.position or row.position != position:
+    if (
+        attempt.status != "in_progress"
+        or position != attempt.position
+        or step.row.position != position
+    ):
         raise InvalidButton  # an earlier question, or a finished attempt
-    following = (rows[1][2], rows[1][3]) if len(rows) > 1 else None
-    return Pressed(quiz, attempt, row, question, following, rest)
+    return Pressed(at.quiz, attempt, step.row, step.question, after[0] if after else None, rest)
 
 
-async def _expired(ctx: Context, quiz: Quiz, attempt: QuizAttempt) -> bool:
+async def _expired(ctx: Context, quiz: QuizView, attempt: AttemptView) -> bool:
     """If time is up (or the quiz closed), score the attempt as it stands and say so."""
     late = attempt.deadline_at is not None and ctx.now >= attempt.deadline_at
     if not late and quiz.status == "open" and ctx.now < quiz.closes_at:
         return False
     work = WorkContext(session=ctx.session, services=ctx.services, now=ctx.now)
+    quiz, attempt = await _loaded(ctx, quiz, attempt)
     if await finish(work, quiz, attempt, "timed_out"):
         ctx.reply(
             join(
@@ -396,7 +407,17 @@ async def _expired(ctx: Context, quiz: Quiz, attempt: QuizAttempt) -> bool:
     return True
 
 
-@router.button(ANSWER, savepoint=False)
+async def _loaded(ctx: Context, quiz: QuizView, attempt: AttemptView) -> tuple[Quiz, QuizAttempt]:
+    """The ORM objects behind a snapshot, for scoring (once per attempt). Refreshed: the
+    attempt's row may have been changed by a Core update in this transaction."""
+    session = ctx.session
+    return (
+        await session.get_one(Quiz, quiz.id),
+        await session.get_one(QuizAttempt, attempt.id, populate_existing=True),
+    )
+
+
+@router.button(ANSWER, savepoint=False, preload=state.PRELOAD)
 async def answered(ctx: Context) -> None:
     pressed = await _pressed(ctx, 3)
     quiz, attempt, row, question = pressed.quiz, pressed.attempt, pressed.row, pressed.question
@@ -409,7 +430,7 @@ async def answered(ctx: Context) -> None:
     await record(ctx, quiz, attempt, row, question, selected, following=pressed.following)
 
 
-@router.button(TOGGLE, savepoint=False)
+@router.button(TOGGLE, savepoint=False, preload=state.PRELOAD)
 async def toggled(ctx: Context) -> None:
     pressed = await _pressed(ctx, 4)
     quiz, attempt, row, question = pressed.quiz, pressed.attempt, pressed.row, pressed.question
@@ -425,14 +446,18 @@ async def toggled(ctx: Context) -> None:
     original = row.option_order[choice]
     # The button says which state it sets, so a double tap sets it twice, not back.
     chosen = set(row.pending) | {original} if on else set(row.pending) - {original}
-    row.pending = sorted(chosen)
+    row = replace(row, pending=sorted(chosen))
+    conn = await ctx.session.connection()
+    await conn.execute(
+        _PENDING, {"p_attempt": attempt.id, "p_position": row.position, "p_pending": row.pending}
+    )
     ctx.show(
         question_text(ctx.t, quiz, attempt, row, question, ctx.now),
         question_buttons(ctx, attempt, row, question),
     )
 
 
-@router.button(SUBMIT, savepoint=False)
+@router.button(SUBMIT, savepoint=False, preload=state.PRELOAD)
 async def submitted(ctx: Context) -> None:
     pressed = await _pressed(ctx, 2)
     quiz, attempt, row, question = pressed.quiz, pressed.attempt, pressed.row, pressed.question
@@ -450,13 +475,13 @@ async def submitted(ctx: Context) -> None:
 
 async def record(
     ctx: Context,
-    quiz: Quiz,
-    attempt: QuizAttempt,
-    row: QuizAnswer,
-    question: Question,
+    quiz: QuizState,
+    attempt: AttemptState,
+    row: AnswerState,
+    question: QuestionState,
     selected: Sequence[int],
     *,
-    following: tuple[QuizAnswer, Question] | None = None,
+    following: Step | None = None,
 ) -> None:
     """Store one answer and move on; conditional updates make it count once.
 
@@ -465,8 +490,6 @@ async def record(
     right = sorted(selected) == sorted(question.answer)
     # The attempt first: it is the one row every answer to it updates, so on PostgreSQL
     # a concurrent double tap waits here for the first and then finds it moved on.
-    # Core, on the session's connection: the ORM objects are updated below from what
-    # was written, so the ORM's own UPDATE bookkeeping would be work for nothing.
     conn = await ctx.session.connection()
     where = {"p_attempt": attempt.id, "p_position": row.position}
     answer = {"p_selected": list(selected), "p_correct": right, "p_at": ctx.now}
@@ -487,20 +510,17 @@ async def record(
         # broken invariant, and failing the event rolls back the attempt's move too.
         raise RuntimeError(f"answer {attempt.id}/{row.position} was already recorded")
     # What the updates wrote, without reading the rows back.
-    set_committed_value(attempt, "position", moved.position)
-    set_committed_value(attempt, "correct", moved.correct)
-    set_committed_value(row, "selected", list(selected))
-    set_committed_value(row, "correct", right)
-    set_committed_value(row, "answered_at", ctx.now)
+    attempt = replace(attempt, position=moved.position, correct=moved.correct)
+    row = replace(row, selected=list(selected), correct=right, answered_at=ctx.now)
     t = ctx.t
     if isinstance(ctx.event, PollAnswer):  # a poll shows right and wrong itself
         if attempt.position < attempt.total:
             await show_current(ctx, quiz, attempt)
             return
     elif attempt.position < attempt.total:
-        if following is None or following[0].position != attempt.position:
-            following = await _next_row(ctx, attempt)
-        next_row, next_question = following
+        if following is None or following.row.position != attempt.position:
+            following = await _next_step(ctx, attempt)
+        next_row, next_question = following.row, following.question
         poll = None if next_row.poll_id else _as_poll(ctx, quiz, attempt, next_row, next_question)
         if poll is None:
             # One message per attempt where the messenger can edit: the answered question
@@ -518,23 +538,26 @@ async def record(
     else:  # the last question keeps its verdict; the result comes as a message of its own
         ctx.show(answered_text(t, quiz, attempt, row, question, ctx.now))
     work = WorkContext(session=ctx.session, services=ctx.services, now=ctx.now)
-    await finish(work, quiz, attempt, "finished")
-    ctx.reply(await summary(work, t, quiz, attempt))
+    done_quiz, done = await _loaded(ctx, quiz, attempt)
+    await finish(work, done_quiz, done, "finished")
+    ctx.reply(await summary(work, t, done_quiz, done))
 
 
-async def _next_row(ctx: Context, attempt: QuizAttempt) -> tuple[QuizAnswer, Question]:
-    # After the writes, so a missing row must not be an InvalidButton (that would keep
-    # them): get_one fails the event, and the whole transaction is rolled back.
-    row = await ctx.session.get_one(QuizAnswer, (attempt.id, attempt.position))
-    return row, await ctx.session.get_one(Question, row.question_id)
+async def _next_step(ctx: Context, attempt: AttemptView) -> Step:
+    at = await state.read(ctx.session, attempt.id, attempt.position)
+    if at is None:
+        # After the writes, so this must not be an InvalidButton (that would keep them):
+        # failing the event rolls the whole transaction back.
+        raise RuntimeError(f"attempt {attempt.id} has no question {attempt.position + 1}")
+    return at.steps[0]
 
 
 def answered_text(
     t: Translator,
-    quiz: Quiz,
-    attempt: QuizAttempt,
-    row: QuizAnswer,
-    question: Question,
+    quiz: QuizView,
+    attempt: AttemptView,
+    row: AnswerView,
+    question: QuestionView,
     now: datetime,
 ) -> Rich:
     """The question as it was asked, with the answer given and the feedback under it."""
@@ -542,7 +565,7 @@ def answered_text(
     return join([shown, "", feedback(t, quiz, row, question)])
 
 
-def verdict(t: Translator, quiz: Quiz, row: QuizAnswer, question: Question) -> Rich:
+def verdict(t: Translator, quiz: QuizView, row: AnswerView, question: QuestionView) -> Rich:
     """Above the next question, for the one it replaced: which question, what was
     chosen (letters and texts, since the options are no longer shown), and — where the
     quiz explains after each answer — right or wrong, with the explanation."""
@@ -569,24 +592,32 @@ def verdict(t: Translator, quiz: Quiz, row: QuizAnswer, question: Question) -> R
     return join(lines)
 
 
-def _choices(row: QuizAnswer, question: Question, choices: Sequence[int]) -> str:
+def _choices(row: AnswerView, question: QuestionView, choices: Sequence[int]) -> str:
     """``B. 一年`` — or ``A. 警告；C. 留党察看`` — in the order the member saw them."""
     shown = {original: i for i, original in enumerate(row.option_order)}
     picked = sorted((shown[c], question.options[c]) for c in choices)
     return "；".join(f"{common.LETTERS[i]}. {text}" for i, text in picked)
 
 
-def attempt_at(attempt: QuizAttempt, position: int) -> QuizAttempt:
+@dataclass(frozen=True, slots=True)
+class _AttemptAt:
+    id: int
+    position: int
+    total: int
+    deadline_at: datetime | None
+
+
+def attempt_at(attempt: AttemptView, position: int) -> AttemptView:
     """A view of the attempt as it was at ``position``, for re-rendering that question."""
-    return QuizAttempt(position=position, total=attempt.total, deadline_at=attempt.deadline_at)
+    return _AttemptAt(attempt.id, position, attempt.total, attempt.deadline_at)
 
 
-def _letters(row: QuizAnswer, choices: Sequence[int]) -> str:
+def _letters(row: AnswerView, choices: Sequence[int]) -> str:
     shown = {original: i for i, original in enumerate(row.option_order)}
     return "".join(sorted(common.LETTERS[shown[c]] for c in choices))
 
 
-def feedback(t: Translator, quiz: Quiz, row: QuizAnswer, question: Question) -> Rich | str:
+def feedback(t: Translator, quiz: QuizView, row: AnswerView, question: QuestionView) -> Rich | str:
     chosen = _letters(row, row.selected or [])
     if quiz.explanations != "each":
         return t("Your answer: {letters}", letters=chosen)
@@ -744,21 +775,35 @@ async def poll_answered(ctx: Context) -> None:
     """An answer to a quiz poll: the same checks and recording as a button press."""
     event = ctx.event
     assert isinstance(event, PollAnswer)
-    row = await ctx.session.scalar(select(QuizAnswer).where(QuizAnswer.poll_id == event.poll_id))
-    attempt = await ctx.session.get(QuizAttempt, row.attempt_id) if row is not None else None
-    if row is None or attempt is None or attempt.member_id != ctx.require_member().id:
+    found = (
+        await ctx.session.execute(
+            select(QuizAnswer.attempt_id, QuizAnswer.position).where(
+                QuizAnswer.poll_id == event.poll_id
+            )
+        )
+    ).first()
+    at = await state.read(ctx.session, found.attempt_id, found.position) if found else None
+    if at is None or at.attempt.member_id != ctx.require_member().id:
         return  # a poll we don't know, or someone else's: nothing to do
-    quiz = await ctx.session.get_one(Quiz, attempt.quiz_id)
+    quiz, attempt, (step, *after) = at.quiz, at.attempt, at.steps
+    row = step.row
     if attempt.status != "in_progress" or row.position != attempt.position:
         return
     if await _expired(ctx, quiz, attempt):
         return
-    question = await ctx.session.get_one(Question, row.question_id)
     choice = event.option_ids[0]
     if choice >= len(row.option_order):
         return
     try:
-        await record(ctx, quiz, attempt, row, question, [row.option_order[choice]])
+        await record(
+            ctx,
+            quiz,
+            attempt,
+            row,
+            step.question,
+            [row.option_order[choice]],
+            following=after[0] if after else None,
+        )
     except InvalidButton:
         return  # answered twice at once: the other one counted
 
