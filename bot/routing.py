@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, select, true
+from sqlalchemy import Row, Select, bindparam, select, true, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -83,9 +83,21 @@ MAX_TEXT = 4000
 
 # Every event's first query, built once: building it again for each event took 60-200 µs
 # of Python on the 2-core benchmark machine, a few per cent of a quiz answer.
-_IDENTITY = select(MemberIdentity).where(
-    MemberIdentity.platform == bindparam("platform"),
-    MemberIdentity.platform_user_id == bindparam("user_id"),
+# The member (with their branch) and the identity's id and chat: the identity itself as
+# an ORM object would be a third entity to build for each event, for one column.
+_IDENTITY_COLUMNS = (Member, MemberIdentity.id, MemberIdentity.chat_id)
+_IDENTITY = (
+    select(*_IDENTITY_COLUMNS)
+    .join(MemberIdentity, MemberIdentity.member_id == Member.id)
+    .where(
+        MemberIdentity.platform == bindparam("platform"),
+        MemberIdentity.platform_user_id == bindparam("user_id"),
+    )
+)
+_NEW_CHAT = (
+    update(MemberIdentity)
+    .where(MemberIdentity.id == bindparam("identity_id"))
+    .values(chat_id=bindparam("new_chat_id"))
 )
 
 
@@ -111,7 +123,8 @@ class Preload:
     def with_identity(self) -> Select[Any]:
         extra = self.statement.subquery("preload")
         return (
-            select(MemberIdentity, *extra.c)
+            select(*_IDENTITY_COLUMNS, *extra.c)
+            .join(MemberIdentity, MemberIdentity.member_id == Member.id)
             .outerjoin(extra, true())
             .where(
                 MemberIdentity.platform == bindparam("platform"),
@@ -454,14 +467,21 @@ class Dispatcher:
         preloaded: list[Row[*tuple[Any, ...]]] | None = None
         statement, params = self._preload(event)
         if statement is None:
-            identity = await session.scalar(_IDENTITY, who)
+            rows = (await session.execute(_IDENTITY, who)).all()
         else:
             rows = (await session.execute(statement, {**who, **params})).all()
-            identity = rows[0][0] if rows else None
-            preloaded = [row for row in rows if row[1] is not None]
-        member = identity.member if identity is not None else None
-        if identity is not None and identity.chat_id != event.chat_id:
-            identity.chat_id = event.chat_id
+            first = len(_IDENTITY_COLUMNS)
+            preloaded = [row for row in rows if row[first] is not None]
+        member: Member | None = None
+        if rows:
+            member, identity_id, chat_id = rows[0][:3]
+            if chat_id != event.chat_id:
+                # Where replies go follows the chat the person last wrote from.
+                if readonly:
+                    raise NeedsWrite
+                await session.execute(
+                    _NEW_CHAT, {"identity_id": identity_id, "new_chat_id": event.chat_id}
+                )
         ctx = Context(
             event,
             session,
