@@ -11,12 +11,15 @@ floor
     data, one single-row ``INSERT INTO quiz_answer`` in its own transaction (the question
     comes from memory), ``answerCallbackQuery``, ``editMessageText``. Two API calls.
 zhibu
-    ``bot.app.App`` with the real ``PTBMessenger``: adapter → dispatcher (one transaction,
-    identity lookup, routing) → ``quizzes.take.answered`` (attempt, quiz, answer row and
-    question read; conditional updates of the answer row and the attempt) →
-    ``answerCallbackQuery``, ``editMessageText`` of the pressed message, and
-    ``sendMessage`` with the next question (or, after the last one, the result). Three
-    API calls: Zhibu does more per answer than the floor, and the report says so.
+    ``bot.app.App`` with the real ``PTBMessenger``: adapter → dispatcher (one transaction;
+    the member's identity read in one statement with the button's preload: attempt,
+    quiz, the pressed and the next answer rows and their questions) → routing →
+    ``quizzes.take.answered`` (checks; conditional updates of the attempt and the answer
+    row, one statement on PostgreSQL) → ``answerCallbackQuery`` and ``editMessageText``
+    turning the pressed message into the next question with the verdict on top; after
+    the last question, the attempt is scored (participation, points) and the result is
+    sent with ``sendMessage``. Zhibu does more per answer than the floor, and the report
+    says so.
 """
 
 from __future__ import annotations

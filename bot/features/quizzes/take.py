@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bot import scheduler
@@ -412,7 +413,8 @@ async def _loaded(ctx: Context, quiz: QuizView, attempt: AttemptView) -> tuple[Q
     attempt's row may have been changed by a Core update in this transaction."""
     session = ctx.session
     return (
-        await session.get_one(Quiz, quiz.id),
+        # Scoring never needs the audience (the selectin load would be a statement more).
+        await session.get_one(Quiz, quiz.id, options=[raiseload(Quiz.branches)]),
         await session.get_one(QuizAttempt, attempt.id, populate_existing=True),
     )
 
