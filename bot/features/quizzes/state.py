@@ -105,6 +105,19 @@ class AttemptState:
     correct: int
     deadline_at: datetime | None
 
+    def moved(self, position: int, correct: int) -> AttemptState:
+        # Spelled out: dataclasses.replace costs several times as much, on every answer.
+        return AttemptState(
+            self.id,
+            self.quiz_id,
+            self.member_id,
+            self.status,
+            position,
+            self.total,
+            correct,
+            self.deadline_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class AnswerState:
@@ -116,6 +129,18 @@ class AnswerState:
     correct: bool | None
     answered_at: datetime | None
     poll_id: str | None
+
+    def answered(self, selected: Sequence[int], correct: bool, at: datetime) -> AnswerState:
+        return AnswerState(
+            self.position,
+            self.question_id,
+            self.option_order,
+            self.pending,
+            selected,
+            correct,
+            at,
+            self.poll_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)

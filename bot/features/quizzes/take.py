@@ -512,8 +512,8 @@ async def record(
         # broken invariant, and failing the event rolls back the attempt's move too.
         raise RuntimeError(f"answer {attempt.id}/{row.position} was already recorded")
     # What the updates wrote, without reading the rows back.
-    attempt = replace(attempt, position=moved.position, correct=moved.correct)
-    row = replace(row, selected=list(selected), correct=right, answered_at=ctx.now)
+    attempt = attempt.moved(moved.position, moved.correct)
+    row = row.answered(list(selected), right, ctx.now)
     t = ctx.t
     if isinstance(ctx.event, PollAnswer):  # a poll shows right and wrong itself
         if attempt.position < attempt.total:
