@@ -457,6 +457,11 @@ def webhook_update_id(update: Any) -> int:
     return update_id
 
 
+def updates_at_once(settings: Settings) -> int:
+    """How many updates the adapters handle at once (see ``TelegramSettings``)."""
+    return settings.telegram.updates_at_once(settings.database.url)
+
+
 def webhook_registration(settings: Settings) -> WebhookRegistration | None:
     """The adapters' webhook from settings; None → long polling."""
     webhook = settings.webhook

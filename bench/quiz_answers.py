@@ -55,6 +55,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPrevie
 from telegram.constants import ParseMode
 from telegram.ext import ApplicationBuilder, CallbackQueryHandler, ContextTypes
 
+from adapters import telegram_html as tg
 from adapters.ptb.messenger import PTBMessenger
 from bot.app import App
 from bot.config import DEFAULT_CONTENT
@@ -806,8 +807,16 @@ async def run_zhibu(url: str, seeded: Seeded, answers: int) -> Run:
     people = seeded.people[: len(counts)]
     timeout = reply_timeout(answers)
     async with fake_telegram() as fake:
-        messenger = PTBMessenger(fake.token, fake.base_url, poll_timeout=float(POLL_TIMEOUT))
-        app = App(zhibu_settings(url), messenger)
+        settings = zhibu_settings(url)
+        messenger = PTBMessenger(
+            fake.token,
+            fake.base_url,
+            poll_timeout=float(POLL_TIMEOUT),
+            # As the adapter's factory configures it: one at a time on SQLite, several
+            # on PostgreSQL (each member's presses still in order).
+            concurrent_updates=tg.updates_at_once(settings),
+        )
+        app = App(settings, messenger)
         with (
             no_problems_logged("zhibu") as problems,
             counting_statements(app.engine) as statements,

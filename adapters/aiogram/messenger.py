@@ -2,8 +2,8 @@
 
 aiogram is used as a transport only: one message handler and one callback-query handler
 turn updates into port events; FSM storage is switched off because conversation state
-lives in the database. Updates are handled concurrently (aiogram's default), which the
-core tolerates through unique constraints.
+lives in the database. Polled updates are handled concurrently up to a limit, each
+sender's in order (see :mod:`adapters.turns`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from aiogram.types import PollAnswer as TelegramPollAnswer
 from pydantic import ValidationError
 
 from adapters import telegram_html as tg
+from adapters.turns import SenderTurns
 from bot.messenger import (
     Button,
     ButtonPress,
@@ -151,7 +152,10 @@ class AiogramMessenger:
         *,
         poll_timeout: float = 10.0,
         webhook: WebhookRegistration | None = None,
+        concurrent_updates: int = 1,
     ) -> None:
+        """``concurrent_updates``: polled updates handled at once, each sender's in order
+        (see :mod:`adapters.turns`); 1 handles them one by one."""
         # aiogram speaks aiohttp, but anything on httpx in the same process (PTB, for
         # one) would log request URLs, which carry the token, at INFO.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -160,6 +164,8 @@ class AiogramMessenger:
         self._api_url = api_url.rstrip("/")
         self._poll_timeout = poll_timeout
         self._webhook = webhook
+        self._concurrent_updates = concurrent_updates
+        self._turns = SenderTurns()
         self._bot: Bot | None = None
         self._dispatcher: Dispatcher | None = None
         self._polling: asyncio.Task[None] | None = None
@@ -218,6 +224,8 @@ class AiogramMessenger:
                     handle_signals=False,
                     polling_timeout=tg.long_poll_seconds(self._poll_timeout),
                     allowed_updates=list(tg.ALLOWED_UPDATES),
+                    # A task per update (tracked by _track), created in order.
+                    tasks_concurrency_limit=self._concurrent_updates,
                     # Handlers still in flight may reply; stop() closes it after them.
                     close_bot_session=False,
                 ),
@@ -339,7 +347,8 @@ class AiogramMessenger:
         if task is not None and task not in self._in_flight:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return await handler(update, data)
+        async with self._turns.turn(_sender_of(update)):
+            return await handler(update, data)
 
     # --- outbound -----------------------------------------------------------------
 
@@ -506,3 +515,15 @@ class AiogramMessenger:
 
 
 __all__ = ["AiogramMessenger", "to_port_error"]
+
+
+def _sender_of(update: TelegramObject) -> int | None:
+    if not isinstance(update, Update):
+        return None
+    if update.message is not None and update.message.from_user is not None:
+        return update.message.from_user.id
+    if update.callback_query is not None:
+        return update.callback_query.from_user.id
+    if update.poll_answer is not None and update.poll_answer.user is not None:
+        return update.poll_answer.user.id
+    return None

@@ -21,6 +21,7 @@ def create(settings: Settings, *, on_close: Callable[[], None]) -> Messenger:
         settings.telegram.api_url,
         poll_timeout=settings.telegram.poll_timeout,
         webhook=tg.webhook_registration(settings),
+        concurrent_updates=tg.updates_at_once(settings),
     )
 
 

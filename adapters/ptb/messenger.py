@@ -56,6 +56,8 @@ from bot.messenger import (
 )
 from bot.text import plain, units
 
+from .ordering import PerSenderOrder
+
 log = logging.getLogger(__name__)
 
 # Telegram's limit for a document's caption, in UTF-16 code units.
@@ -143,7 +145,10 @@ class PTBMessenger:
         *,
         poll_timeout: float = 10.0,
         webhook: WebhookRegistration | None = None,
+        concurrent_updates: int = 1,
     ) -> None:
+        """``concurrent_updates``: polled updates handled at once, each sender's in order
+        (see :mod:`adapters.turns`); 1 handles them one by one."""
         # httpx logs each request URL at INFO, and the URL carries the bot token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -151,6 +156,7 @@ class PTBMessenger:
         self._api_url = api_url.rstrip("/")
         self._poll_timeout = poll_timeout
         self._webhook = webhook
+        self._concurrent_updates = concurrent_updates
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._on_event: EventHandler | None = None
         self._username: str | None = None
@@ -176,8 +182,9 @@ class PTBMessenger:
             # PTB builds a JobQueue whenever APScheduler is importable; schedules live in
             # the database instead.
             .job_queue(None)
-            # Measured: concurrent update processing made PTB slower here.
-            .concurrent_updates(False)
+            .concurrent_updates(
+                PerSenderOrder(self._concurrent_updates) if self._concurrent_updates > 1 else False
+            )
             .build()
         )
         app.add_handler(TypeHandler(Update, self._on_update))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapters import telegram_html as tg
 from bot.app import App
 from bot.broadcast import SendBudget
 from bot.clock import ManualClock
@@ -220,13 +221,19 @@ class TelegramDriver(Driver):
         if not hasattr(self, "tg"):
             self.tg = FakeTelegram()
             await self.tg.start()
+        # As configured by default: one at a time on SQLite, several on PostgreSQL.
+        at_once = tg.updates_at_once(self.settings(self.database_url))
         if self.name == "ptb":
             from adapters.ptb.messenger import PTBMessenger
 
-            return PTBMessenger(self.tg.token, self.tg.base_url, poll_timeout=1.0)
+            return PTBMessenger(
+                self.tg.token, self.tg.base_url, poll_timeout=1.0, concurrent_updates=at_once
+            )
         from adapters.aiogram.messenger import AiogramMessenger
 
-        return AiogramMessenger(self.tg.token, self.tg.base_url, poll_timeout=1.0)
+        return AiogramMessenger(
+            self.tg.token, self.tg.base_url, poll_timeout=1.0, concurrent_updates=at_once
+        )
 
     async def stop(self) -> None:
         await super().stop()

@@ -1,0 +1,55 @@
+"""Updates from different people handled at once, each person's in the order sent.
+
+Handling one update at a time makes every member wait for every other member's database
+and Bot API round trips: over a real network, a few answers a second for the whole bot.
+Handling them all at once would let a member's second press overtake their first (a
+quiz answer refused as stale, a reply out of order). The adapters therefore run updates
+concurrently up to a limit and take them through :class:`SenderTurns` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+
+
+class SenderTurns:
+    """First come, first served per key (a Telegram user id); keys are independent.
+
+    Order holds as long as the updates start in the order they arrived, which both
+    libraries do (a task per update, created in order; asyncio runs new tasks and wakes
+    a lock's waiters first in, first out)."""
+
+    def __init__(self) -> None:
+        self._turns: dict[Hashable, _Turn] = {}
+
+    @asynccontextmanager
+    async def turn(self, key: Hashable | None) -> AsyncIterator[None]:
+        """Wait until the key's earlier updates are done. ``None``: no one to wait for."""
+        if key is None:
+            yield
+            return
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:  # forget people with nothing in flight
+                del self._turns[key]
+
+    def __len__(self) -> int:
+        """How many keys have updates in flight or waiting."""
+        return len(self._turns)
+
+
+class _Turn:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
