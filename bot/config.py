@@ -58,10 +58,10 @@ class TelegramSettings(BaseModel):
     # Self-hosted Bot API servers are common where api.telegram.org is slow or blocked.
     api_url: str = "https://api.telegram.org"
     poll_timeout: float = Field(default=25.0, gt=0, le=50)
-    # ZHIBU_TELEGRAM__CONCURRENT_UPDATES: updates handled at once (each person's still in
-    # the order they were sent). Unset: 1 on SQLite, which writes one transaction at a
-    # time, so more would only queue for its lock; 4 on PostgreSQL, where one member's
-    # database and Bot API round trips then no longer hold up everyone else's.
+    # ZHIBU_TELEGRAM__CONCURRENT_UPDATES: updates handled at once, polled or by webhook
+    # (each person's still in the order they were sent; see adapters/turns.py). Unset: 1
+    # on SQLite, which writes one transaction at a time; 4 on PostgreSQL, where one
+    # member's database and Bot API round trips then no longer hold up everyone else's.
     concurrent_updates: int | None = Field(default=None, ge=1, le=64)
 
     def updates_at_once(self, database_url: str) -> int:

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, select, true, update
+from sqlalchemy import Row, Select, bindparam, literal_column, select, true, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -101,37 +101,47 @@ _NEW_CHAT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class Preload:
     """A read that a button's handler always makes, sent with the identity lookup: one
     statement and one round trip to the database less on the busiest buttons (a quiz
     answer made five; PostgreSQL's round trips were the larger part of its cost).
 
-    ``statement`` is a Core select whose bind parameter names differ from ``platform``
-    and ``user_id``, and whose first column is never NULL in a row it returns (that is
-    how its rows are told from the NULLs of the outer join when it returns none).
-    ``params`` turns the button's parts into its parameters, or None if they are
-    malformed: then nothing is preloaded and the handler refuses the press itself. The
-    handler finds the rows in ``ctx.preloaded``, ordered by the ``order_by`` columns,
-    and must read them itself when it is None (a press that came another way).
+    ``statement`` is a Core select; ``params`` turns the button's parts into its
+    parameters, or None if they are malformed: then nothing is preloaded and the
+    handler refuses the press itself. The handler finds the rows in ``ctx.preloaded``
+    (ordered by the ``order_by`` columns; none if the select found none) and reads them
+    itself when that is None (a press that came another way).
+
+    Checked when the button is registered: the parameters must not clash with the
+    identity lookup's, and the order_by columns must exist.
     """
 
-    statement: Select[Any]
-    params: Callable[[Sequence[str]], Mapping[str, Any] | None]
-    order_by: tuple[str, ...] = ()
+    __slots__ = ("_marker", "params", "statement")
 
-    def with_identity(self) -> Select[Any]:
-        extra = self.statement.subquery("preload")
-        return (
-            select(*_IDENTITY_COLUMNS, *extra.c)
-            .join(MemberIdentity, MemberIdentity.member_id == Member.id)
+    def __init__(
+        self,
+        statement: Select[Any],
+        params: Callable[[Sequence[str]], Mapping[str, Any] | None],
+        *,
+        order_by: Sequence[str] = (),
+    ) -> None:
+        clash = {"platform", "user_id"} & set(statement.compile().params)
+        if clash:
+            raise ValueError(f"a preload's parameters cannot be named {sorted(clash)}")
+        # Never NULL in a row the select returned: tells its rows from the NULLs of the
+        # outer join when it returned none.
+        extra = statement.add_columns(literal_column("1").label("preloaded")).subquery("preload")
+        self.params = params
+        self.statement: Select[Any] = (
+            _IDENTITY.add_columns(*extra.c)
             .outerjoin(extra, true())
-            .where(
-                MemberIdentity.platform == bindparam("platform"),
-                MemberIdentity.platform_user_id == bindparam("user_id"),
-            )
-            .order_by(*(extra.c[name] for name in self.order_by))
+            .order_by(*(extra.c[name] for name in order_by))
         )
+        self._marker = len(_IDENTITY_COLUMNS) + len(extra.c) - 1
+
+    def rows(self, rows: Sequence[Row[*tuple[Any, ...]]]) -> list[Row[*tuple[Any, ...]]]:
+        """The preloaded rows among those of :attr:`statement`."""
+        return [row for row in rows if row[self._marker] is not None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,8 +350,6 @@ class Dispatcher:
         self.handled = 0
         self._progress = asyncio.Condition()
         self._background: set[asyncio.Task[None]] = set()
-        # Each preloading button's statement with the identity lookup, built at first use.
-        self._with_identity: dict[str, Select[Any]] = {}
         # Told when Telegram refuses a reply for its rate (App: the send budget pauses).
         self.on_rate_limited: Callable[[float], None] | None = None
 
@@ -465,13 +473,12 @@ class Dispatcher:
         sender = event.sender
         who = {"platform": sender.platform, "user_id": sender.user_id}
         preloaded: list[Row[*tuple[Any, ...]]] | None = None
-        statement, params = self._preload(event)
-        if statement is None:
+        preload, params = self._preload(event)
+        if preload is None:
             rows = (await session.execute(_IDENTITY, who)).all()
         else:
-            rows = (await session.execute(statement, {**who, **params})).all()
-            first = len(_IDENTITY_COLUMNS)
-            preloaded = [row for row in rows if row[first] is not None]
+            rows = (await session.execute(preload.statement, {**who, **params})).all()
+            preloaded = preload.rows(rows)
         member: Member | None = None
         if rows:
             member, identity_id, chat_id = rows[0][:3]
@@ -496,9 +503,9 @@ class Dispatcher:
             await hook(ctx)
         return ctx
 
-    def _preload(self, event: Event) -> tuple[Select[Any] | None, Mapping[str, Any]]:
-        """The identity lookup with the pressed button's preload, if it has one and its
-        data is well-formed."""
+    def _preload(self, event: Event) -> tuple[Preload | None, Mapping[str, Any]]:
+        """The pressed button's preload and its parameters, if it has one and the
+        press's data is well-formed."""
         if not isinstance(event, ButtonPress):
             return None, {}
         prefix, _, rest = event.data.partition(":")
@@ -506,12 +513,7 @@ class Dispatcher:
         if spec is None or spec.preload is None:
             return None, {}
         params = spec.preload.params(rest.split(":") if rest else [])
-        if params is None:
-            return None, {}
-        statement = self._with_identity.get(prefix)
-        if statement is None:
-            statement = self._with_identity[prefix] = spec.preload.with_identity()
-        return statement, params
+        return (None, {}) if params is None else (spec.preload, params)
 
     def _translator(self, member: Member | None, event: Event) -> Translator:
         if member is not None and member.language:

@@ -51,7 +51,7 @@ from aiogram.types import PollAnswer as TelegramPollAnswer
 from pydantic import ValidationError
 
 from adapters import telegram_html as tg
-from adapters.turns import SenderTurns
+from adapters.turns import SenderTurns, library_limit
 from bot.messenger import (
     Button,
     ButtonPress,
@@ -154,8 +154,8 @@ class AiogramMessenger:
         webhook: WebhookRegistration | None = None,
         concurrent_updates: int = 1,
     ) -> None:
-        """``concurrent_updates``: polled updates handled at once, each sender's in order
-        (see :mod:`adapters.turns`); 1 handles them one by one."""
+        """``concurrent_updates``: updates handled at once, each sender's in order (see
+        :mod:`adapters.turns`); 1 handles them one by one."""
         # aiogram speaks aiohttp, but anything on httpx in the same process (PTB, for
         # one) would log request URLs, which carry the token, at INFO.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -165,7 +165,7 @@ class AiogramMessenger:
         self._poll_timeout = poll_timeout
         self._webhook = webhook
         self._concurrent_updates = concurrent_updates
-        self._turns = SenderTurns()
+        self._turns = SenderTurns(concurrent_updates)
         self._bot: Bot | None = None
         self._dispatcher: Dispatcher | None = None
         self._polling: asyncio.Task[None] | None = None
@@ -224,8 +224,9 @@ class AiogramMessenger:
                     handle_signals=False,
                     polling_timeout=tg.long_poll_seconds(self._poll_timeout),
                     allowed_updates=list(tg.ALLOWED_UPDATES),
-                    # A task per update (tracked by _track), created in order.
-                    tasks_concurrency_limit=self._concurrent_updates,
+                    # A task per update (tracked by _track), created in order; the real
+                    # limit is in the turns (see adapters.turns).
+                    tasks_concurrency_limit=library_limit(self._concurrent_updates),
                     # Handlers still in flight may reply; stop() closes it after them.
                     close_bot_session=False,
                 ),

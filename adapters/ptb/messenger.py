@@ -41,6 +41,7 @@ from telegram.error import (
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters import telegram_html as tg
+from adapters.turns import SenderTurns
 from bot.messenger import (
     Button,
     ButtonPress,
@@ -56,7 +57,7 @@ from bot.messenger import (
 )
 from bot.text import plain, units
 
-from .ordering import PerSenderOrder
+from .ordering import PerSenderOrder, sender_of
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ class PTBMessenger:
         webhook: WebhookRegistration | None = None,
         concurrent_updates: int = 1,
     ) -> None:
-        """``concurrent_updates``: polled updates handled at once, each sender's in order
-        (see :mod:`adapters.turns`); 1 handles them one by one."""
+        """``concurrent_updates``: updates handled at once, each sender's in order (see
+        :mod:`adapters.turns`); 1 handles them one by one."""
         # httpx logs each request URL at INFO, and the URL carries the bot token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -157,6 +158,7 @@ class PTBMessenger:
         self._poll_timeout = poll_timeout
         self._webhook = webhook
         self._concurrent_updates = concurrent_updates
+        self._turns = SenderTurns(concurrent_updates)
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._on_event: EventHandler | None = None
         self._username: str | None = None
@@ -182,8 +184,11 @@ class PTBMessenger:
             # PTB builds a JobQueue whenever APScheduler is importable; schedules live in
             # the database instead.
             .job_queue(None)
+            # One at a time: PTB's own loop, inline; no tasks, no turns needed.
             .concurrent_updates(
-                PerSenderOrder(self._concurrent_updates) if self._concurrent_updates > 1 else False
+                PerSenderOrder(self._turns, self._concurrent_updates)
+                if self._concurrent_updates > 1
+                else False
             )
             .build()
         )
@@ -261,8 +266,9 @@ class PTBMessenger:
         except Exception as exc:
             raise ValueError(f"not a Telegram update: {exc}") from exc
         # Runs the handlers inline: this returns once the event has been handled, which
-        # is when the webhook may be answered.
-        await app.process_update(parsed)
+        # is when the webhook may be answered. In turn, as polled updates are.
+        async with self._turns.turn(sender_of(parsed)):
+            await app.process_update(parsed)
 
     async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         on_event = self._on_event

@@ -8,20 +8,20 @@ from typing import Any
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
 
-from adapters.turns import SenderTurns
+from adapters.turns import SenderTurns, library_limit
 
 
 class PerSenderOrder(BaseUpdateProcessor):
-    """Up to ``max_concurrent_updates`` updates at once, each sender's in order."""
+    """Updates through ``turns``: up to its limit at once, each sender's in order."""
 
-    __slots__ = ("_turns",)
+    __slots__ = ("turns",)
 
-    def __init__(self, max_concurrent_updates: int) -> None:
-        super().__init__(max_concurrent_updates)
-        self._turns = SenderTurns()
+    def __init__(self, turns: SenderTurns, at_once: int) -> None:
+        super().__init__(library_limit(at_once))
+        self.turns = turns
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
-        async with self._turns.turn(sender_of(update)):
+        async with self.turns.turn(sender_of(update)):
             await coroutine
 
     async def initialize(self) -> None:
@@ -35,7 +35,4 @@ def sender_of(update: object) -> int | None:
     if not isinstance(update, Update):
         return None
     user = update.effective_user
-    if user is not None:
-        return user.id
-    chat = update.effective_chat
-    return chat.id if chat is not None else None
+    return user.id if user is not None else None

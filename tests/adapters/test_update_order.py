@@ -20,7 +20,7 @@ AT_ONCE = 4
 
 
 async def test_one_key_waits_for_its_earlier_turns_and_others_do_not() -> None:
-    turns = SenderTurns()
+    turns = SenderTurns(4)
     log: list[str] = []
     release = {key: asyncio.Event() for key in ("a1", "b1")}
 
@@ -54,8 +54,8 @@ async def test_one_key_waits_for_its_earlier_turns_and_others_do_not() -> None:
     assert len(turns) == 0  # nobody is remembered once their updates are done
 
 
-async def test_no_key_never_waits() -> None:
-    turns = SenderTurns()
+async def test_no_key_waits_only_for_a_slot() -> None:
+    turns = SenderTurns(3)
     inside = 0
     most = 0
 
@@ -67,8 +67,28 @@ async def test_no_key_never_waits() -> None:
             await asyncio.sleep(0.01)
             inside -= 1
 
-    await asyncio.gather(*(work() for _ in range(3)))
+    await asyncio.gather(*(work() for _ in range(5)))
     assert most == 3
+
+
+async def test_one_senders_backlog_does_not_hold_up_the_others() -> None:
+    """A burst of taps from one member waits for its turns without taking the slots:
+    another member's update starts while the burst's second is still waiting."""
+    turns = SenderTurns(2)
+    started: list[str] = []
+
+    async def work(key: str, name: str, seconds: float) -> None:
+        async with turns.turn(key):
+            started.append(name)
+            await asyncio.sleep(seconds)
+
+    burst = [asyncio.create_task(work("a", f"a{i}", 0.05)) for i in range(6)]
+    await asyncio.sleep(0)
+    other = asyncio.create_task(work("b", "b1", 0))
+    await asyncio.sleep(0.02)
+    assert started == ["a0", "b1"]
+    await asyncio.gather(other, *burst)
+    assert started == ["a0", "b1", "a1", "a2", "a3", "a4", "a5"]
 
 
 def test_updates_at_once_follows_the_database_unless_set() -> None:

@@ -299,11 +299,11 @@ async def test_an_answer_reads_identity_and_attempt_in_one_statement(driver: Dri
         shown = await answer(driver, WANG, shown)
     finally:
         event.remove(engine, "before_cursor_execute", seen)
-    reads = [s for s in statements if s.startswith("select")]
-    assert statements and statements[0] == reads[0], statements
-    assert "member_identity" in reads[0] and "quiz_attempt" in reads[0], reads[0]
-    writes = [s for s in statements if not s.startswith("select")]
-    assert writes, statements  # the answer was stored, after that one read
+    # One read of identity and attempt together, and the answer's write right after.
+    assert len(statements) >= 2, statements
+    assert statements[0].startswith("select"), statements
+    assert "member_identity" in statements[0] and "quiz_attempt" in statements[0]
+    assert not statements[1].startswith("select"), statements
 
 
 async def test_a_double_tap_handled_at_once_counts_once(driver: Driver) -> None:

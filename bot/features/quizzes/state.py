@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.db.models import Question, Quiz, QuizAnswer, QuizAttempt
 from bot.routing import Preload
 
-_ID = re.compile(r"[0-9]{1,9}")
+NUMBER = re.compile(r"[0-9]{1,9}")  # ids and positions in button data
 
 # --- what the renderers read ---------------------------------------------------------
 
@@ -130,6 +130,18 @@ class AnswerState:
     answered_at: datetime | None
     poll_id: str | None
 
+    def with_pending(self, pending: Sequence[int]) -> AnswerState:
+        return AnswerState(
+            self.position,
+            self.question_id,
+            self.option_order,
+            pending,
+            self.selected,
+            self.correct,
+            self.answered_at,
+            self.poll_id,
+        )
+
     def answered(self, selected: Sequence[int], correct: bool, at: datetime) -> AnswerState:
         return AnswerState(
             self.position,
@@ -170,34 +182,34 @@ class AttemptAt:
     steps: list[Step]
 
 
-_attempt = typing.cast(Table, QuizAttempt.__table__)
+ATTEMPT = typing.cast(Table, QuizAttempt.__table__)
+ANSWER = typing.cast(Table, QuizAnswer.__table__)
 _quiz = typing.cast(Table, Quiz.__table__)
-_answer = typing.cast(Table, QuizAnswer.__table__)
 _question = typing.cast(Table, Question.__table__)
 
 # Built once (building a statement costs more than running a cached one). Labels keep
 # the tables' same-named columns apart.
 _READ = (
     select(
-        _attempt.c.quiz_id,
-        _attempt.c.member_id,
-        _attempt.c.status.label("attempt_status"),
-        _attempt.c.position.label("attempt_position"),
-        _attempt.c.total,
-        _attempt.c.correct.label("attempt_correct"),
-        _attempt.c.deadline_at,
+        ATTEMPT.c.quiz_id,
+        ATTEMPT.c.member_id,
+        ATTEMPT.c.status.label("attempt_status"),
+        ATTEMPT.c.position.label("attempt_position"),
+        ATTEMPT.c.total,
+        ATTEMPT.c.correct.label("attempt_correct"),
+        ATTEMPT.c.deadline_at,
         _quiz.c.status.label("quiz_status"),
         _quiz.c.closes_at,
         _quiz.c.explanations,
         _quiz.c.use_polls,
-        _answer.c.position,
-        _answer.c.question_id,
-        _answer.c.option_order,
-        _answer.c.pending,
-        _answer.c.selected,
-        _answer.c.correct,
-        _answer.c.answered_at,
-        _answer.c.poll_id,
+        ANSWER.c.position,
+        ANSWER.c.question_id,
+        ANSWER.c.option_order,
+        ANSWER.c.pending,
+        ANSWER.c.selected,
+        ANSWER.c.correct,
+        ANSWER.c.answered_at,
+        ANSWER.c.poll_id,
         _question.c.kind,
         _question.c.text,
         _question.c.options,
@@ -205,15 +217,15 @@ _READ = (
         _question.c.explanation,
     )
     .select_from(
-        _attempt.join(_quiz, _quiz.c.id == _attempt.c.quiz_id)
-        .join(_answer, _answer.c.attempt_id == _attempt.c.id)
-        .join(_question, _question.c.id == _answer.c.question_id)
+        ATTEMPT.join(_quiz, _quiz.c.id == ATTEMPT.c.quiz_id)
+        .join(ANSWER, ANSWER.c.attempt_id == ATTEMPT.c.id)
+        .join(_question, _question.c.id == ANSWER.c.question_id)
     )
     .where(
-        _attempt.c.id == bindparam("p_attempt"),
-        _answer.c.position.between(bindparam("p_position"), bindparam("p_following")),
+        ATTEMPT.c.id == bindparam("p_attempt"),
+        ANSWER.c.position.between(bindparam("p_position"), bindparam("p_following")),
     )
-    .order_by(_answer.c.position)
+    .order_by(ANSWER.c.position)
 )
 
 
@@ -222,7 +234,7 @@ def _params(attempt_id: int, position: int) -> dict[str, int]:
 
 
 def _pressed_params(parts: Sequence[str]) -> dict[str, int] | None:
-    if len(parts) < 2 or not all(_ID.fullmatch(p) for p in parts[:2]):
+    if len(parts) < 2 or not all(NUMBER.fullmatch(p) for p in parts[:2]):
         return None
     return _params(int(parts[0]), int(parts[1]))
 
@@ -240,8 +252,8 @@ async def read(session: AsyncSession, attempt_id: int, position: int) -> Attempt
 
 
 def snapshot(attempt_id: int, rows: Sequence[Row[*tuple[Any, ...]]]) -> AttemptAt | None:
-    """The attempt from rows of ``_READ`` (or of ``PRELOAD``, which has the same columns
-    after the identity); None if there are none."""
+    """The attempt from rows of ``_READ`` (or of ``PRELOAD``, which has the same named
+    columns); None if there are none."""
     if not rows:
         return None
     first = rows[0]

@@ -9,17 +9,14 @@ on someone else's attempt or after the time limit changes nothing.
 from __future__ import annotations
 
 import random
-import re
-import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Integer,
     Numeric,
     Select,
-    Table,
     bindparam,
     cast,
     func,
@@ -56,7 +53,7 @@ from .state import (
 router = Router("quiz-take")
 START, ANSWER, TOGGLE, SUBMIT = "qstart", "qa", "qt", "qs"
 EXPIRE_JOB = "quiz.expire"
-_ID = re.compile(r"[0-9]{1,9}")
+_ID = state.NUMBER
 
 
 # --- starting and resuming ---------------------------------------------------------------
@@ -306,8 +303,7 @@ class Pressed:
 # The statements of every answer, built once: building them took a few hundred µs of
 # Python per answer on the benchmark machine. Bound parameter names differ from column
 # names, which Core would otherwise take for SET values.
-_attempt = typing.cast(Table, QuizAttempt.__table__)
-_answer = typing.cast(Table, QuizAnswer.__table__)
+_attempt, _answer = state.ATTEMPT, state.ANSWER
 _MOVE = (
     update(_attempt)
     .where(
@@ -448,11 +444,13 @@ async def toggled(ctx: Context) -> None:
     original = row.option_order[choice]
     # The button says which state it sets, so a double tap sets it twice, not back.
     chosen = set(row.pending) | {original} if on else set(row.pending) - {original}
-    row = replace(row, pending=sorted(chosen))
+    row = row.with_pending(sorted(chosen))
     conn = await ctx.session.connection()
-    await conn.execute(
+    stored = await conn.execute(
         _PENDING, {"p_attempt": attempt.id, "p_position": row.position, "p_pending": row.pending}
     )
+    if stored.rowcount != 1:
+        raise InvalidButton  # answered meanwhile (another worker): nothing was written
     ctx.show(
         question_text(ctx.t, quiz, attempt, row, question, ctx.now),
         question_buttons(ctx, attempt, row, question),
@@ -602,7 +600,7 @@ def _choices(row: AnswerView, question: QuestionView, choices: Sequence[int]) ->
 
 
 @dataclass(frozen=True, slots=True)
-class _AttemptAt:
+class _AttemptShown:
     id: int
     position: int
     total: int
@@ -611,7 +609,7 @@ class _AttemptAt:
 
 def attempt_at(attempt: AttemptView, position: int) -> AttemptView:
     """A view of the attempt as it was at ``position``, for re-rendering that question."""
-    return _AttemptAt(attempt.id, position, attempt.total, attempt.deadline_at)
+    return _AttemptShown(attempt.id, position, attempt.total, attempt.deadline_at)
 
 
 def _letters(row: AnswerView, choices: Sequence[int]) -> str:
@@ -787,7 +785,7 @@ async def poll_answered(ctx: Context) -> None:
     at = await state.read(ctx.session, found.attempt_id, found.position) if found else None
     if at is None or at.attempt.member_id != ctx.require_member().id:
         return  # a poll we don't know, or someone else's: nothing to do
-    quiz, attempt, (step, *after) = at.quiz, at.attempt, at.steps
+    quiz, attempt, step = at.quiz, at.attempt, at.steps[0]
     row = step.row
     if attempt.status != "in_progress" or row.position != attempt.position:
         return
@@ -797,15 +795,8 @@ async def poll_answered(ctx: Context) -> None:
     if choice >= len(row.option_order):
         return
     try:
-        await record(
-            ctx,
-            quiz,
-            attempt,
-            row,
-            step.question,
-            [row.option_order[choice]],
-            following=after[0] if after else None,
-        )
+        # The next question goes out as a poll or with buttons (show_current decides).
+        await record(ctx, quiz, attempt, row, step.question, [row.option_order[choice]])
     except InvalidButton:
         return  # answered twice at once: the other one counted
 
