@@ -46,6 +46,7 @@ from telegram.constants import ParseMode
 from telegram.ext import ApplicationBuilder
 
 from adapters import telegram_html as tg
+from adapters.ptb.http import bot_request
 from adapters.ptb.messenger import PTBMessenger
 from bot.app import App
 from bot.broadcast import DIRECT, BroadcastSender, SendBudget, create_broadcast
@@ -343,6 +344,9 @@ async def run_bare(spec: WorkerSpec, names: Sequence[tuple[int, str]]) -> dict[s
         ApplicationBuilder()
         .token(spec.token)
         .base_url(f"{spec.api_url}/bot")
+        # The HTTP client PTBMessenger builds (PTB's, with a fixed connection pool): the
+        # same requests over the same client, so the floor is no weaker than Zhibu.
+        .request(bot_request())
         .job_queue(None)
         .build()
     )
