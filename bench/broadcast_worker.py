@@ -48,7 +48,7 @@ from telegram.ext import ApplicationBuilder
 from adapters import telegram_html as tg
 from adapters.ptb.http import bot_request
 from adapters.ptb.messenger import PTBMessenger
-from bot.app import App
+from bot.app import App, freeze_start_up_objects
 from bot.broadcast import DIRECT, BroadcastSender, SendBudget, create_broadcast
 from bot.config import Settings
 from bot.db.models import Broadcast, Member, MemberIdentity
@@ -281,6 +281,7 @@ async def run_zhibu(spec: WorkerSpec) -> dict[str, Any]:
         if spec.unlimited:
             app.sender.budget = SendBudget(UNLIMITED_RATE, UNLIMITED_RATE)
         await app.start()
+        freeze_start_up_objects()  # as ``zhibu run`` does once the bot has started
         audience = await _audience(app, spec.recipients)
         if len(audience) != spec.recipients:
             raise RuntimeError(f"{len(audience)} members in the database, {spec.recipients} asked")
