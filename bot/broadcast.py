@@ -433,6 +433,16 @@ class BroadcastSender:
         self._stopping = False
         self._last_sweep: datetime | None = None
         self._task: asyncio.Task[None] | None = None
+        # SQLite has one writer at a time, and a transaction that finds the database
+        # locked waits in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15... ms
+        # between tries: a claim that began while a batch was being recorded often woke
+        # well after the lock was free (claims took 25-35 ms at full speed, and the send
+        # workers ran dry meanwhile). The sender's own two writers take turns here
+        # instead. PostgreSQL locks rows, not the database: nothing to wait for there.
+        bind = sessionmaker.kw.get("bind")
+        self._writes = (
+            asyncio.Lock() if bind is not None and bind.dialect.name == "sqlite" else None
+        )
         # Rows of each broadcast this process has claimed and not yet recorded. While a
         # broadcast has any, it cannot be complete, so recording others of its rows
         # need not ask the database whether it is.
@@ -590,13 +600,16 @@ class BroadcastSender:
         if run.may_claim():
             run.room.set()
 
+    def _writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._writes if self._writes is not None else contextlib.nullcontext()
+
     def _given_back(self, row: _Claimed) -> _Outcome:
         return _Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
 
     # --- the database ----------------------------------------------------------------
 
     async def _claim(self, now: datetime, size: int) -> list[_Claimed]:
-        async with self.sessionmaker.begin() as session:
+        async with self._writing(), self.sessionmaker.begin() as session:
             # Rows a dead sender left claimed may or may not have gone out. Looked for
             # every so often, not every claim: it is a write, and leases last minutes.
             if self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY:
@@ -694,7 +707,7 @@ class BroadcastSender:
         settled = {row.broadcast_id for row, _ in outcomes if self._open[row.broadcast_id] <= 0}
         for broadcast_id in settled:
             del self._open[broadcast_id]
-        async with self.sessionmaker.begin() as session:
+        async with self._writing(), self.sessionmaker.begin() as session:
             connection = await session.connection()
             await connection.execute(
                 statement,
