@@ -33,11 +33,12 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 
 from bot.context import RenderContext, Services
 from bot.db.models import Base, Broadcast, Delivery, DeliveryStatus, Member, MemberIdentity
+from bot.db.sqlite_driver import OneHopConnection
 from bot.i18n import translator
 from bot.messenger import (
     Messenger,
@@ -345,6 +346,17 @@ class _Pass:
             self.room.set()
 
 
+async def _commit_with_next(connection: AsyncConnection) -> None:
+    """The transaction's next statement is its last: on SQLite, commit on the same trip
+    to aiosqlite's thread. Each trip waits for the busy event loop (7-9 ms a trip at full
+    speed), and a claim or a record that takes longer keeps the send workers waiting for
+    rows; a claim or a record is then one trip instead of two."""
+    raw = await connection.get_raw_connection()
+    driver = raw.dbapi_connection
+    if isinstance(driver, OneHopConnection):
+        driver.commit_with_next()
+
+
 @functools.cache
 def _claim_statement(dialect: str) -> Executable:
     """Claim due rows in one statement (one round trip, not a SELECT and an UPDATE).
@@ -626,6 +638,7 @@ class BroadcastSender:
                 # They may have been their broadcasts' last open rows.
                 await self._complete(session, stale_broadcasts, now)
             connection = await session.connection()
+            await _commit_with_next(connection)
             rows = await connection.execute(
                 _claim_statement(connection.dialect.name),
                 {
@@ -709,6 +722,8 @@ class BroadcastSender:
             del self._open[broadcast_id]
         async with self._writing(), self.sessionmaker.begin() as session:
             connection = await session.connection()
+            if not settled:
+                await _commit_with_next(connection)
             await connection.execute(
                 statement,
                 [
