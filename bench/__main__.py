@@ -39,6 +39,7 @@ async def _broadcast(args: argparse.Namespace, progress: Progress) -> Report:
         repeats=args.repeats,
         warmup=args.warmup_updates,
         progress=progress,
+        paced=not args.ceiling_only,
     )
 
 
@@ -128,6 +129,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10_000,
         help="broadcast: members the paced notice goes to (10000, about 6 min at 30/s); "
         f"the ceiling uses at most {broadcast.CEILING_MAX_RECIPIENTS} of them",
+    )
+    parser.add_argument(
+        "--ceiling-only",
+        action="store_true",
+        help="broadcast: skip the paced part (minutes at 30/s) and measure the ceiling only",
     )
     parser.add_argument(
         "--answers", type=_positive, default=1000, help="quiz: answers per measured run (1000)"

@@ -492,31 +492,41 @@ async def ceiling_run(
 
 @dataclass(slots=True)
 class BroadcastReport:
-    paced: Paced
+    paced: Paced | None  # None: skipped (``--ceiling-only``)
     ceiling: Comparison
     parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checks(self) -> list[tuple[str, bool]]:
-        return [
-            ("paced rate", self.paced.share >= PACED_TARGET),
-            ("429s", self.paced.rate_limited <= MAX_RATE_LIMITED),
-            ("RSS", self.paced.rss_peak_mb < RSS_TARGET_MB),
-            ("ceiling", self.ceiling.passed),
-        ]
+        paced = (
+            []
+            if self.paced is None
+            else [
+                ("paced rate", self.paced.share >= PACED_TARGET),
+                ("429s", self.paced.rate_limited <= MAX_RATE_LIMITED),
+                ("RSS", self.paced.rss_peak_mb < RSS_TARGET_MB),
+            ]
+        )
+        return [*paced, ("ceiling", self.ceiling.passed)]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "benchmark": NAME,
             "description": DESCRIPTION,
             "parameters": self.parameters,
-            "paced": self.paced.to_json(),
+            "paced": None if self.paced is None else self.paced.to_json(),
             "ceiling": self.ceiling.to_json(),
             "verdicts": {name: "PASS" if ok else "BELOW" for name, ok in self.checks},
         }
 
     def render(self, console: Console) -> None:
-        p = self.paced
+        if self.paced is not None:
+            self._render_paced(console, self.paced)
+        print_comparison(console, self.ceiling)
+        for line in _cpu_lines(self.ceiling):
+            console.print(f"  {line}", highlight=False, style="dim")
+
+    def _render_paced(self, console: Console, p: Paced) -> None:
         table = Table(
             title=f"{NAME} paced: a notice to {p.recipients:,} members via PTB 22, SQLite;\n"
             f"the fake allows {RATE_LIMIT}/s and {PER_CHAT_LIMIT}/s per chat",
@@ -567,9 +577,6 @@ class BroadcastReport:
         ):
             console.print(f"  {line}", highlight=False, style="dim")
         console.print()
-        print_comparison(console, self.ceiling)
-        for line in _cpu_lines(self.ceiling):
-            console.print(f"  {line}", highlight=False, style="dim")
 
 
 def _verdict(ok: bool) -> str:
@@ -599,6 +606,7 @@ async def run(
     repeats: int,
     warmup: int,
     progress: Callable[[str], None] | None = None,
+    paced: bool = True,
 ) -> BroadcastReport:
     if recipients < 2 or repeats < 1 or warmup < 1:
         raise BenchError("recipients must be at least 2, repeats and warm-up at least 1")
@@ -632,12 +640,14 @@ async def run(
             progress=progress,
             unit="messages",
         )
-        if progress is not None:
-            progress(
-                f" paced   {recipients:>6} messages at most {RATE_LIMIT}/s: about "
-                f"{recipients / RATE_LIMIT / 60:.1f} min"
-            )
-        paced = await run_paced(template, directory, people, progress)
+        paced_run: Paced | None = None
+        if paced:
+            if progress is not None:
+                progress(
+                    f" paced   {recipients:>6} messages at most {RATE_LIMIT}/s: about "
+                    f"{recipients / RATE_LIMIT / 60:.1f} min"
+                )
+            paced_run = await run_paced(template, directory, people, progress)
     ceiling = Comparison(
         benchmark=f"{NAME} ceiling",
         description=f"{ceiling_n:,} messages, no limits;\nthe sender vs a bare PTB loop "
@@ -651,7 +661,7 @@ async def run(
         parameters={"messages": ceiling_n, "repeats": repeats, "warmup_messages": warmup},
     )
     return BroadcastReport(
-        paced=paced,
+        paced=paced_run,
         ceiling=ceiling,
         parameters={
             "recipients": recipients,

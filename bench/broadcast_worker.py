@@ -46,8 +46,9 @@ from telegram.constants import ParseMode
 from telegram.ext import ApplicationBuilder
 
 from adapters import telegram_html as tg
+from adapters.ptb.http import bot_request
 from adapters.ptb.messenger import PTBMessenger
-from bot.app import App
+from bot.app import App, freeze_start_up_objects
 from bot.broadcast import DIRECT, BroadcastSender, SendBudget, create_broadcast
 from bot.config import Settings
 from bot.db.models import Broadcast, Member, MemberIdentity
@@ -69,7 +70,8 @@ __all__ = [
 # uses the same number of workers.
 SENDER_WINDOW: int = (BroadcastSender.__init__.__kwdefaults__ or {}).get("window", 8)
 UNLIMITED_RATE = 100_000.0
-# If set, each worker writes a cProfile of itself to "$BENCH_PROFILE-<mode>-<pid>.prof".
+# If set, each worker writes a cProfile of its measured window (from the first send it
+# allows to the last outcome; start-up is left out) to "$BENCH_PROFILE-<mode>-<pid>.prof".
 PROFILE_ENV = "BENCH_PROFILE"
 POLL_TIMEOUT = 1.0
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
@@ -153,6 +155,29 @@ def _status_kb(field: str) -> int:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class _Profile:
+    """cProfile of the measured window when $BENCH_PROFILE is set (the rates are then
+    meaningless); nothing otherwise."""
+
+    def __init__(self, mode: str) -> None:
+        self._to = os.environ.get(PROFILE_ENV)
+        self._mode = mode
+        self._profiler: Any = None
+
+    def start(self) -> None:
+        if self._to:
+            import cProfile
+
+            self._profiler = cProfile.Profile()
+            self._profiler.enable()
+
+    def stop(self) -> None:
+        if self._profiler is not None:
+            self._profiler.disable()
+            self._profiler.dump_stats(f"{self._to}-{self._mode}-{os.getpid()}.prof")
+            self._profiler = None
 
 
 class _RssSampler:
@@ -280,6 +305,7 @@ async def run_zhibu(spec: WorkerSpec) -> dict[str, Any]:
         if spec.unlimited:
             app.sender.budget = SendBudget(UNLIMITED_RATE, UNLIMITED_RATE)
         await app.start()
+        freeze_start_up_objects()  # as ``zhibu run`` does once the bot has started
         audience = await _audience(app, spec.recipients)
         if len(audience) != spec.recipients:
             raise RuntimeError(f"{len(audience)} members in the database, {spec.recipients} asked")
@@ -302,6 +328,8 @@ async def run_zhibu(spec: WorkerSpec) -> dict[str, Any]:
             )
             assert broadcast is not None
             broadcast_id = broadcast.id
+        profile = _Profile(spec.mode)
+        profile.start()
         cpu_start = _cpu_seconds()
         woken_at = time.monotonic()
         app.sender.wake()
@@ -310,6 +338,7 @@ async def run_zhibu(spec: WorkerSpec) -> dict[str, Any]:
         await _completed(app, broadcast_id, timeout=60.0)
         completed_at = time.monotonic()
         cpu = _cpu_seconds() - cpu_start
+        profile.stop()
     finally:
         await lag.stop()
         await sampler.stop()
@@ -343,6 +372,9 @@ async def run_bare(spec: WorkerSpec, names: Sequence[tuple[int, str]]) -> dict[s
         ApplicationBuilder()
         .token(spec.token)
         .base_url(f"{spec.api_url}/bot")
+        # The HTTP client PTBMessenger builds (PTB's, with a fixed connection pool): the
+        # same requests over the same client, so the floor is no weaker than Zhibu.
+        .request(bot_request())
         .job_queue(None)
         .build()
     )
@@ -371,11 +403,14 @@ async def run_bare(spec: WorkerSpec, names: Sequence[tuple[int, str]]) -> dict[s
 
     await application.initialize()  # getMe, as PTBMessenger.start does
     try:
+        profile = _Profile(spec.mode)
+        profile.start()
         cpu_start = _cpu_seconds()
         started_at = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(SENDER_WINDOW)))
         finished_at = time.monotonic()
         cpu = _cpu_seconds() - cpu_start
+        profile.stop()
     finally:
         await application.shutdown()
     return {
@@ -424,16 +459,7 @@ def main(argv: Sequence[str]) -> int:
         print("usage: python -m bench.broadcast_worker '<json spec>'", file=sys.stderr)
         return 2
     spec = WorkerSpec(**json.loads(argv[0]))
-    profile_to = os.environ.get(PROFILE_ENV)
-    if profile_to:
-        # Profile the whole worker; the measured rates are meaningless then.
-        import cProfile
-
-        with cProfile.Profile() as profiler:
-            result = asyncio.run(_main(spec))
-        profiler.dump_stats(f"{profile_to}-{spec.mode}-{os.getpid()}.prof")
-    else:
-        result = asyncio.run(_main(spec))
+    result = asyncio.run(_main(spec))
     print(json.dumps(result), flush=True)
     return 0
 

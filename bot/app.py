@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -53,6 +54,22 @@ ADAPTER_MODULES = {
     "aiogram": "adapters.aiogram",
     "console": "adapters.console",
 }
+
+
+def freeze_start_up_objects() -> None:
+    """Exempt everything alive now from the cyclic garbage collector; for a process that
+    has just started its bot and runs it until it stops (``zhibu run``).
+
+    Start-up leaves a large heap that stays until exit: modules, the ORM's mappers, the
+    content pack, python-telegram-bot. Every full collection walks all of it, and a
+    broadcast makes full collections frequent (its claimed rows and messages live long
+    enough to be promoted to the oldest generation): measured, about 80 ms each, three
+    during 3,000 messages at full speed, 0.08 ms of CPU a message. Frozen, a full
+    collection walks only what was made since. Anything alive now that later becomes
+    cyclic garbage is never collected, so garbage already made is collected first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_router() -> Router:

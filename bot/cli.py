@@ -110,7 +110,7 @@ def run() -> None:
 
 
 async def _run(settings: Settings) -> None:
-    from bot.app import App, create_messenger
+    from bot.app import App, create_messenger, freeze_start_up_objects
 
     load_pack(settings.content_path)  # fail on bad content before touching anything
     await migrate.upgrade(settings.database.url)
@@ -121,6 +121,7 @@ async def _run(settings: Settings) -> None:
     messenger = create_messenger(settings, on_close=stop.set)
     bot = App(settings, messenger)
     await bot.start()
+    freeze_start_up_objects()
     try:
         await stop.wait()
     finally:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker
+from bot.db.sqlite_driver import OneHopConnection
 
 metadata = MetaData()
 pair = Table(
@@ -152,3 +153,56 @@ async def test_streaming_inside_a_transaction(sqlite_engine: AsyncEngine) -> Non
         await conn.execute(insert(pair).values(v="a"))
     async with sqlite_engine.connect() as conn:
         assert (await conn.execute(select(pair.c.v))).all() == [("a",)]
+
+
+async def _commit_with_next(conn: Any) -> None:
+    driver = (await conn.get_raw_connection()).dbapi_connection
+    assert isinstance(driver, OneHopConnection)
+    driver.commit_with_next()
+
+
+async def test_a_commit_can_ride_with_the_last_statement(
+    sqlite_engine: AsyncEngine, url: str, hops: list[int]
+) -> None:
+    async with sqlite_engine.begin() as conn:
+        await conn.execute(insert(pair).values(v="甲"))
+        before = hops[0]
+        await _commit_with_next(conn)
+        many = await conn.execute(insert(pair), [{"v": "乙"}, {"v": "丙"}])
+        assert many.rowcount == 2
+    # The statement and the commit took one trip; the commit that followed none.
+    assert hops[0] == before + 1
+    reader = create_engine(url)
+    try:
+        async with reader.connect() as other:
+            assert (await other.execute(select(pair.c.v).order_by(pair.c.k))).scalars().all() == [
+                "甲",
+                "乙",
+                "丙",
+            ]
+    finally:
+        await reader.dispose()
+
+
+async def test_a_failing_last_statement_commits_nothing(sqlite_engine: AsyncEngine) -> None:
+    with pytest.raises(IntegrityError):
+        async with sqlite_engine.begin() as conn:
+            await conn.execute(insert(pair).values(v="甲"))
+            await _commit_with_next(conn)
+            await conn.execute(insert(pair).values(v="甲"))  # unique: refused
+    async with sqlite_engine.connect() as conn:
+        assert (await conn.execute(select(pair.c.v))).all() == []
+
+
+async def test_a_transaction_after_it_commits_on_its_own(
+    sqlite_engine: AsyncEngine, hops: list[int]
+) -> None:
+    # The flag is for one statement: the next transaction is an ordinary one.
+    async with sqlite_engine.begin() as conn:
+        await _commit_with_next(conn)
+        await conn.execute(insert(pair).values(v="甲"))
+    async with sqlite_engine.begin() as conn:
+        before = hops[0]
+        await conn.execute(insert(pair).values(v="乙"))
+        await conn.execute(insert(pair).values(v="丙"))
+    assert hops[0] == before + 3  # two statements and the commit

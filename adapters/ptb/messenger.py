@@ -57,6 +57,7 @@ from bot.messenger import (
 )
 from bot.text import plain, units
 
+from .http import bot_request
 from .ordering import PerSenderOrder, sender_of
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,9 @@ class PTBMessenger:
             .token(self._token)
             .base_url(f"{self._api_url}/bot")
             .base_file_url(f"{self._api_url}/file/bot")
+            # PTB's HTTP client with a connection pool that does not hand one connection
+            # to several sends that start together (see adapters.ptb.http).
+            .request(bot_request())
             # PTB builds a JobQueue whenever APScheduler is importable; schedules live in
             # the database instead.
             .job_queue(None)

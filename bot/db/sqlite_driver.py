@@ -32,7 +32,9 @@ from sqlalchemy.util import EMPTY_DICT
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
 
 
-def _run(conn: sqlite3.Connection, begin: str | None, operation: str, parameters: Any) -> _Outcome:
+def _run(
+    conn: sqlite3.Connection, begin: str | None, operation: str, parameters: Any, commit: bool
+) -> _Outcome:
     """On aiosqlite's thread: everything a statement needs, in one go."""
     if begin is not None:
         conn.execute(begin)
@@ -41,22 +43,32 @@ def _run(conn: sqlite3.Connection, begin: str | None, operation: str, parameters
         cursor.execute(operation, () if parameters is None else parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else None
-        return description, cursor.rowcount, cursor.lastrowid, rows
+        outcome = description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
+    if commit:
+        conn.commit()
+    return outcome
 
 
 def _run_many(
-    conn: sqlite3.Connection, begin: str | None, operation: str, parameters: Sequence[Any]
+    conn: sqlite3.Connection,
+    begin: str | None,
+    operation: str,
+    parameters: Sequence[Any],
+    commit: bool,
 ) -> _Outcome:
     if begin is not None:
         conn.execute(begin)
     cursor = conn.cursor()
     try:
         cursor.executemany(operation, parameters)
-        return cursor.description, cursor.rowcount, cursor.lastrowid, None
+        outcome = cursor.description, cursor.rowcount, cursor.lastrowid, None
     finally:
         cursor.close()
+    if commit:
+        conn.commit()
+    return outcome
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -109,28 +121,35 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         adapted = self._adapt_connection
         async with adapted._execute_mutex:
             begin = adapted.take_begin()  # type: ignore[attr-defined]
+            commit = adapted.take_commit()  # type: ignore[attr-defined]
             driver = self._connection
-            self._keep(await driver._execute(_run, driver._conn, begin, operation, parameters))
+            self._keep(
+                await driver._execute(_run, driver._conn, begin, operation, parameters, commit)
+            )
         return self
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
         adapted = self._adapt_connection
         async with adapted._execute_mutex:
             begin = adapted.take_begin()  # type: ignore[attr-defined]
+            commit = adapted.take_commit()  # type: ignore[attr-defined]
             driver = self._connection
             self._keep(
-                await driver._execute(_run_many, driver._conn, begin, operation, seq_of_parameters)
+                await driver._execute(
+                    _run_many, driver._conn, begin, operation, seq_of_parameters, commit
+                )
             )
         return self
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("_begin",)
+    __slots__ = ("_begin", "_commit")
     _cursor_cls = OneHopCursor  # type: ignore[assignment]  # a subclass of the declared one
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._begin: str | None = None
+        self._commit = False
 
     def begin_with_next(self, begin: str) -> None:
         """Send ``begin`` (e.g. ``BEGIN IMMEDIATE``) on the same trip as the next
@@ -141,6 +160,17 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     def take_begin(self) -> str | None:
         begin, self._begin = self._begin, None
         return begin
+
+    def commit_with_next(self) -> None:
+        """Commit on the same trip as the next statement, right after it (if it fails,
+        nothing is committed and the transaction rolls back as usual). For a transaction
+        whose last statement is known: the commit that follows finds no transaction
+        open and does not travel (see :meth:`commit`)."""
+        self._commit = True
+
+    def take_commit(self) -> bool:
+        commit, self._commit = self._commit, False
+        return commit
 
     def cursor(self, server_side: bool = False) -> Any:
         if server_side and self._begin is not None:
@@ -155,13 +185,13 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         return conn is not None and not conn.in_transaction
 
     def commit(self) -> None:
-        self._begin = None
+        self._begin, self._commit = None, False
         # With no transaction open sqlite3 does nothing, but the call is still a hop.
         if not self._idle():
             super().commit()
 
     def rollback(self) -> None:
-        self._begin = None
+        self._begin, self._commit = None, False
         # The pool rolls back every connection it takes back, even right after a commit.
         if not self._idle():
             super().rollback()
