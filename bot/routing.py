@@ -112,8 +112,8 @@ class Preload:
     (ordered by the ``order_by`` columns; none if the select found none) and reads them
     itself when that is None (a press that came another way).
 
-    Checked when the button is registered: the parameters must not clash with the
-    identity lookup's, and the order_by columns must exist.
+    Checked when it is built (where the button module is imported): the parameters must
+    not clash with the identity lookup's, and the order_by columns must exist.
     """
 
     __slots__ = ("_marker", "params", "statement")
