@@ -118,26 +118,19 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = deque(rows) if rows is not None else deque()
 
     async def _execute_async(self, operation: Any, parameters: Any) -> Any:
-        adapted = self._adapt_connection
-        async with adapted._execute_mutex:
-            begin = adapted.take_begin()  # type: ignore[attr-defined]
-            commit = adapted.take_commit()  # type: ignore[attr-defined]
-            driver = self._connection
-            self._keep(
-                await driver._execute(_run, driver._conn, begin, operation, parameters, commit)
-            )
-        return self
+        return await self._one_hop(_run, operation, parameters)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+        return await self._one_hop(_run_many, operation, seq_of_parameters)
+
+    async def _one_hop(self, run: Any, operation: Any, parameters: Any) -> Any:
         adapted = self._adapt_connection
         async with adapted._execute_mutex:
             begin = adapted.take_begin()  # type: ignore[attr-defined]
             commit = adapted.take_commit()  # type: ignore[attr-defined]
             driver = self._connection
             self._keep(
-                await driver._execute(
-                    _run_many, driver._conn, begin, operation, seq_of_parameters, commit
-                )
+                await driver._execute(run, driver._conn, begin, operation, parameters, commit)
             )
         return self
 

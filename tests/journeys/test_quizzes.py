@@ -275,19 +275,25 @@ async def test_refused_presses_change_nothing(driver: Driver) -> None:
     assert "第 3/4 题" in texts(shown)
 
 
-async def test_an_answer_reads_identity_and_attempt_in_one_statement(driver: Driver) -> None:
-    """The quiz buttons preload their attempt with the member's identity (see
-    bot.routing.Preload): one read, then the writes."""
-    if not isinstance(driver, ConsoleDriver):
-        pytest.skip("the statements are the core's; one adapter shows them")
+async def at_a_single_answer_question(driver: Driver) -> tuple[list[Shown], Shown]:
+    """Wang's attempt, answered up to its first single-answer question."""
     await setting_up(driver)
     await open_quiz(driver)
     shown = await driver.send(WANG, "/quiz")
     shown = await driver.press(WANG, shown[-1], "开始 Q")
     message, _ = question(shown)
-    while any(b.data.startswith("qs:") for b in message.buttons):  # a single-answer one
+    while any(b.data.startswith("qs:") for b in message.buttons):
         shown = await answer(driver, WANG, shown)
         message, _ = question(shown)
+    return shown, message
+
+
+async def test_an_answer_reads_identity_and_attempt_in_one_statement(driver: Driver) -> None:
+    """The quiz buttons preload their attempt with the member's identity (see
+    bot.routing.Preload): one read, then the writes."""
+    if not isinstance(driver, ConsoleDriver):
+        pytest.skip("the statements are the core's; one adapter shows them")
+    shown, _ = await at_a_single_answer_question(driver)
     statements: list[str] = []
 
     def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -312,14 +318,7 @@ async def test_a_double_tap_handled_at_once_counts_once(driver: Driver) -> None:
     UPDATE lets one through, and the other is refused with nothing written."""
     if not isinstance(driver, ConsoleDriver):
         pytest.skip("the race is in the core; the console adapter is the direct way in")
-    await setting_up(driver)
-    await open_quiz(driver)
-    shown = await driver.send(WANG, "/quiz")
-    shown = await driver.press(WANG, shown[-1], "开始 Q")
-    message, _ = question(shown)
-    while any(b.data.startswith("qs:") for b in message.buttons):  # a single-answer one
-        shown = await answer(driver, WANG, shown)
-        message, _ = question(shown)
+    _, message = await at_a_single_answer_question(driver)
     position = int(message.buttons[0].data.split(":")[2])
     sender = Sender("console", WANG.name, WANG.name, None, WANG.language_code)
     before = len(driver.console.sent)
