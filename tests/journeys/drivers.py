@@ -13,9 +13,13 @@ import html
 import io
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import event
 
 from adapters import telegram_html as tg
 from bot.app import App
@@ -56,6 +60,22 @@ class Shown:
             if label in button.label:
                 return button
         raise AssertionError(f"no button {label!r} in {[b.label for b in self.buttons]}")
+
+
+@contextmanager
+def statements_sent(driver: Driver) -> Iterator[list[str]]:
+    """The SQL the app sends while inside, each on one line, lower case."""
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    engine = driver.app.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
 
 
 def texts(shown: list[Shown]) -> str:

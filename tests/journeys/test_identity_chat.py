@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from bot.db.models import MemberIdentity
 from bot.messenger import Sender, TextMessage
-from tests.journeys.drivers import ADMIN, ConsoleDriver, Driver, Person
+from tests.journeys.drivers import ADMIN, ConsoleDriver, Driver, Person, statements_sent
 
 WANG = Person("王芳", 4102)
 
@@ -19,14 +19,7 @@ async def test_a_member_writing_from_a_new_chat_is_answered_there(driver: Driver
     shown = await driver.send(WANG, f"/start {code}")
     await driver.press(WANG, shown[-1], WANG.name)
     sender = Sender("console", WANG.name, WANG.name, None, WANG.language_code)
-    statements: list[str] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(" ".join(statement.split()).lower())
-
-    engine = driver.app.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_sent(driver) as statements:
         before = len(driver.console.sent)
         # /me only reads; on SQLite it first runs on the read-only session, which cannot
         # store the new chat, and is done again as a write.
@@ -36,8 +29,6 @@ async def test_a_member_writing_from_a_new_chat_is_answered_there(driver: Driver
         statements.clear()
         await driver.dispatcher.handle(TextMessage(sender, "new-chat", "/me"))
         again = [s for s in statements if s.startswith("update member_identity")]
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert sent_to == {"new-chat"}
     assert len(moved) == 1 and not again  # stored once, then nothing to change
     async with driver.app.sessionmaker() as session:

@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from bot.db.models import (
     AuditLog,
@@ -20,7 +20,15 @@ from bot.db.models import (
     QuizAttempt,
 )
 from bot.messenger import ButtonPress, Sender
-from tests.journeys.drivers import ADMIN, ConsoleDriver, Driver, Person, Shown, texts
+from tests.journeys.drivers import (
+    ADMIN,
+    ConsoleDriver,
+    Driver,
+    Person,
+    Shown,
+    statements_sent,
+    texts,
+)
 
 SEC = Person("李书记", 4001)
 WANG = Person("王芳", 4002)
@@ -294,17 +302,8 @@ async def test_an_answer_reads_identity_and_attempt_in_one_statement(driver: Dri
     if not isinstance(driver, ConsoleDriver):
         pytest.skip("the statements are the core's; one adapter shows them")
     shown, _ = await at_a_single_answer_question(driver)
-    statements: list[str] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(" ".join(statement.split()).lower())
-
-    engine = driver.app.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        shown = await answer(driver, WANG, shown)
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
+    with statements_sent(driver) as statements:
+        await answer(driver, WANG, shown)
     # One read of identity and attempt together, and the answer's write right after.
     assert len(statements) >= 2, statements
     assert statements[0].startswith("select"), statements

@@ -317,30 +317,18 @@ _MOVE = (
     )
     .returning(_attempt.c.position, _attempt.c.correct)
 )
-_STORE = (
-    update(_answer)
-    .where(
-        _answer.c.attempt_id == bindparam("p_attempt"),
-        _answer.c.position == bindparam("p_position"),
-        _answer.c.answered_at.is_(None),
-    )
-    .values(
-        selected=bindparam("p_selected", type_=_answer.c.selected.type),
-        correct=bindparam("p_correct", type_=_answer.c.correct.type),
-        answered_at=bindparam("p_at", type_=_answer.c.answered_at.type),
-    )
+# The pressed question's answer row, while it is still unanswered.
+_UNANSWERED = update(_answer).where(
+    _answer.c.attempt_id == bindparam("p_attempt"),
+    _answer.c.position == bindparam("p_position"),
+    _answer.c.answered_at.is_(None),
 )
-
-
-_PENDING = (
-    update(_answer)
-    .where(
-        _answer.c.attempt_id == bindparam("p_attempt"),
-        _answer.c.position == bindparam("p_position"),
-        _answer.c.answered_at.is_(None),
-    )
-    .values(pending=bindparam("p_pending", type_=_answer.c.pending.type))
+_STORE = _UNANSWERED.values(
+    selected=bindparam("p_selected", type_=_answer.c.selected.type),
+    correct=bindparam("p_correct", type_=_answer.c.correct.type),
+    answered_at=bindparam("p_at", type_=_answer.c.answered_at.type),
 )
+_PENDING = _UNANSWERED.values(pending=bindparam("p_pending", type_=_answer.c.pending.type))
 
 
 def _move_and_store() -> Select[tuple[int, int, int]]:
