@@ -736,6 +736,16 @@ async def spawn_sender(
     return proc
 
 
+async def wait_until_sent_by(env: Env, broadcast_id: int, workers: set[str]) -> None:
+    """Until each of ``workers`` has at least one delivery of the broadcast sent."""
+    async with asyncio.timeout(30):
+        while True:
+            deliveries = (await env.deliveries(broadcast_id)).values()
+            if workers <= {d.worker for d in deliveries if d.status == "sent"}:
+                return
+            await asyncio.sleep(0.02)
+
+
 async def stop_sender(proc: asyncio.subprocess.Process, log: Path) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
@@ -906,14 +916,15 @@ async def test_two_processes_together_stay_under_the_bots_rate(env: Env, tmp_pat
 
 @pytest.mark.postgres
 async def test_a_429_seen_by_one_process_pauses_the_other(env: Env, tmp_path: Path) -> None:
-    total = 120
+    total = 200
     people = await env.people(total)
-    # Some way into the broadcast, whichever process sends to this chat is told to wait.
-    limited = people[40]
-    env.tg.fail_next("sendMessage", status=429, retry_after=2, chat_id=limited.tg_id)
     procs = await two_app_senders(env, tmp_path)
     try:
         bid = await env.broadcast(people)
+        # Once both processes are sending (on a loaded machine one may join late),
+        # whichever sends next is told to wait.
+        await wait_until_sent_by(env, bid, {"proc-a", "proc-b"})
+        env.tg.fail_next("sendMessage", status=429, retry_after=2)
         await wait_until_finished(env, timeout=60)
     finally:
         for name, proc in zip(("proc-a", "proc-b"), procs, strict=True):
