@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,14 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
-from sqlalchemy.sql import Executable
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.context import RenderContext, Services
-from bot.db.models import Base, Broadcast, Delivery, DeliveryStatus, Member, MemberIdentity
-from bot.db.sqlite_driver import OneHopConnection
+from bot.db.models import Broadcast, Delivery, DeliveryStatus, Member, MemberIdentity
+from bot.delivery_rows import Claimed, Outcome, for_dialect
 from bot.i18n import translator
 from bot.messenger import (
     Messenger,
@@ -271,16 +269,6 @@ async def counts(session: AsyncSession, broadcast_id: int) -> dict[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Claimed:
-    id: int
-    broadcast_id: int
-    chat_id: str
-    language: str
-    payload: dict[str, Any] | None
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
 class _RenderFailed:
     error: str
 
@@ -288,23 +276,13 @@ class _RenderFailed:
 _Message = OutMessage | _RenderFailed | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    status: str
-    attempts: int
-    next_attempt_at: datetime | None = None
-    error: str | None = None
-    message_id: str | None = None
-    sent_at: datetime | None = None
-
-
 class _Pass:
     """One pass of the pipeline: claimed rows waiting for a send worker, outcomes
     waiting to be recorded, and how many rows are claimed and not yet recorded."""
 
     def __init__(self, window: int, claim: int) -> None:
-        self.ready: asyncio.Queue[tuple[_Claimed, _Message] | None] = asyncio.Queue()
-        self.outcomes: list[tuple[_Claimed, _Outcome]] = []
+        self.ready: asyncio.Queue[tuple[Claimed, _Message] | None] = asyncio.Queue()
+        self.outcomes: list[tuple[Claimed, Outcome]] = []
         self.in_flight = 0
         self.claimed = 0
         self.window, self.claim = window, claim
@@ -338,63 +316,12 @@ class _Pass:
     def may_claim(self) -> bool:
         return self.ready.qsize() < self.ahead and self.room_for() >= min(self.batch, self.claim)
 
-    def add(self, row: _Claimed, outcome: _Outcome) -> None:
+    def add(self, row: Claimed, outcome: Outcome) -> None:
         self.outcomes.append((row, outcome))
         if len(self.outcomes) in (1, self.batch):
             self.to_record.set()
         if self.may_claim():
             self.room.set()
-
-
-async def _commit_with_next(connection: AsyncConnection) -> None:
-    """The transaction's next statement is its last: on SQLite, commit on the same trip
-    to aiosqlite's thread. Each trip waits for the busy event loop (7-9 ms a trip at full
-    speed), and a claim or a record that takes longer keeps the send workers waiting for
-    rows; a claim or a record is then one trip instead of two."""
-    raw = await connection.get_raw_connection()
-    driver = raw.dbapi_connection
-    if isinstance(driver, OneHopConnection):
-        driver.commit_with_next()
-
-
-@functools.cache
-def _claim_statement(dialect: str) -> Executable:
-    """Claim due rows in one statement (one round trip, not a SELECT and an UPDATE).
-
-    The due rows are picked and locked (``FOR UPDATE SKIP LOCKED``) in a CTE, which
-    PostgreSQL is told to materialise: evaluated once, so the UPDATE takes exactly the
-    rows locked for it and never rows another sender holds. SQLite has one writer at a
-    time (``BEGIN IMMEDIATE``) and ignores the locking clause.
-    """
-    table = Base.metadata.tables[Delivery.__tablename__]
-    due = (
-        select(table.c.id)
-        .where(table.c.status == PENDING, table.c.next_attempt_at <= bindparam("now"))
-        .order_by(table.c.next_attempt_at, table.c.id)
-        .limit(bindparam("size"))
-        .with_for_update(skip_locked=True)
-        .cte("due")
-    )
-    if dialect == "postgresql":
-        due = due.prefix_with("MATERIALIZED")
-    return (
-        update(table)
-        .where(table.c.id.in_(select(due.c.id)))
-        .values(
-            status=SENDING,
-            worker=bindparam("worker"),
-            lease_until=bindparam("lease_until"),
-            attempts=table.c.attempts + 1,
-        )
-        .returning(
-            table.c.id,
-            table.c.broadcast_id,
-            table.c.chat_id,
-            table.c.language,
-            table.c.payload,
-            table.c.attempts,
-        )
-    )
 
 
 class BroadcastSender:
@@ -615,12 +542,12 @@ class BroadcastSender:
     def _writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._writes if self._writes is not None else contextlib.nullcontext()
 
-    def _given_back(self, row: _Claimed) -> _Outcome:
-        return _Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
+    def _given_back(self, row: Claimed) -> Outcome:
+        return Outcome(PENDING, row.attempts - 1, next_attempt_at=self.services.clock.now())
 
     # --- the database ----------------------------------------------------------------
 
-    async def _claim(self, now: datetime, size: int) -> list[_Claimed]:
+    async def _claim(self, now: datetime, size: int) -> list[Claimed]:
         async with self._writing(), self.sessionmaker.begin() as session:
             # Rows a dead sender left claimed may or may not have gone out. Looked for
             # every so often, not every claim: it is a write, and leases last minutes.
@@ -638,21 +565,16 @@ class BroadcastSender:
                 # They may have been their broadcasts' last open rows.
                 await self._complete(session, stale_broadcasts, now)
             connection = await session.connection()
-            await _commit_with_next(connection)
-            rows = await connection.execute(
-                _claim_statement(connection.dialect.name),
-                {
-                    "now": now,
-                    "size": size,
-                    "worker": self.worker_id,
-                    "lease_until": now + self.lease,
-                },
+            return await for_dialect(connection.dialect.name).claim(
+                connection,
+                now=now,
+                size=size,
+                worker=self.worker_id,
+                lease_until=now + self.lease,
             )
-            claimed = [_Claimed(*row) for row in rows.all()]
-        return sorted(claimed, key=lambda row: row.id)
 
     async def _render(
-        self, claimed: Sequence[_Claimed], now: datetime, broadcasts: dict[int, Broadcast]
+        self, claimed: Sequence[Claimed], now: datetime, broadcasts: dict[int, Broadcast]
     ) -> dict[int, _Message]:
         """The message for each claimed row. One without a payload of its own is the
         same for every recipient with its language, so it is rendered once per claim:
@@ -689,7 +611,7 @@ class BroadcastSender:
         return out
 
     async def _render_one(
-        self, session: AsyncSession, broadcast: Broadcast, row: _Claimed, now: datetime
+        self, session: AsyncSession, broadcast: Broadcast, row: Claimed, now: datetime
     ) -> OutMessage | None:
         render = self.renderers.get(broadcast.kind)
         if render is None:
@@ -705,14 +627,8 @@ class BroadcastSender:
         )
         return await render(ctx)
 
-    async def _record(self, outcomes: Sequence[tuple[_Claimed, _Outcome]]) -> None:
+    async def _record(self, outcomes: Sequence[tuple[Claimed, Outcome]]) -> None:
         now = self.services.clock.now()
-        table = Base.metadata.tables[Delivery.__tablename__]
-        # Only rows this worker still owns: if its lease ran out and another worker took
-        # a row over, that worker's outcome is the one that counts.
-        statement = update(table).where(
-            table.c.id == bindparam("row_id"), table.c.worker == self.worker_id
-        )
         # A broadcast can only have become complete if this batch holds the last of its
         # rows this process had claimed: the others are still "sending".
         for row, _ in outcomes:
@@ -722,23 +638,8 @@ class BroadcastSender:
             del self._open[broadcast_id]
         async with self._writing(), self.sessionmaker.begin() as session:
             connection = await session.connection()
-            if not settled:
-                await _commit_with_next(connection)
-            await connection.execute(
-                statement,
-                [
-                    {
-                        "row_id": row.id,
-                        "status": o.status,
-                        "attempts": o.attempts,
-                        "next_attempt_at": o.next_attempt_at or now,
-                        "error": o.error,
-                        "message_id": o.message_id,
-                        "sent_at": o.sent_at,
-                        "lease_until": None,
-                    }
-                    for row, o in outcomes
-                ],
+            await for_dialect(connection.dialect.name).record(
+                connection, outcomes, worker=self.worker_id, now=now, commits=not settled
             )
             if settled:
                 await self._complete(session, settled, now)
@@ -751,15 +652,15 @@ class BroadcastSender:
 
     # --- one row ---------------------------------------------------------------------
 
-    async def _send_one(self, row: _Claimed, message: _Message) -> _Outcome:
+    async def _send_one(self, row: Claimed, message: _Message) -> Outcome:
         if message is None:
-            return _Outcome(FAILED, row.attempts, error="withdrawn: nothing to send any more")
+            return Outcome(FAILED, row.attempts, error="withdrawn: nothing to send any more")
         if isinstance(message, _RenderFailed):
-            return _Outcome(FAILED, row.attempts, error=message.error)
+            return Outcome(FAILED, row.attempts, error=message.error)
         pieces = split(message.text, self.services.capabilities.max_text_length)
         if not pieces:
             # Blank text: nothing would go out, so it must not be recorded as sent.
-            return _Outcome(FAILED, row.attempts, error="nothing to send: the message is empty")
+            return Outcome(FAILED, row.attempts, error="nothing to send: the message is empty")
         if self.budget.paused:
             # Not attempted: give the claim back without counting an attempt.
             return self._given_back(row)
@@ -774,31 +675,31 @@ class BroadcastSender:
         except RateLimited as exc:
             self.budget.pause(exc.retry_after)
             retry_at = self.services.clock.now() + timedelta(seconds=exc.retry_after)
-            return _Outcome(
+            return Outcome(
                 PENDING, row.attempts - 1, next_attempt_at=retry_at, error=str(exc)[:300]
             )
         except RecipientUnreachable as exc:
-            return _Outcome(FAILED, row.attempts, error=f"unreachable: {exc}"[:300])
+            return Outcome(FAILED, row.attempts, error=f"unreachable: {exc}"[:300])
         except TransientFailure as exc:
             if row.attempts >= self.max_attempts:
-                return _Outcome(
+                return Outcome(
                     FAILED, row.attempts, error=f"gave up after {row.attempts} tries: {exc}"[:300]
                 )
             backoff = timedelta(seconds=min(300, 2 ** (row.attempts + 1)))
-            return _Outcome(
+            return Outcome(
                 PENDING,
                 row.attempts,
                 next_attempt_at=self.services.clock.now() + backoff,
                 error=str(exc)[:300],
             )
         except MessengerError as exc:
-            return _Outcome(FAILED, row.attempts, error=str(exc)[:300])
+            return Outcome(FAILED, row.attempts, error=str(exc)[:300])
         except Exception as exc:
             # An adapter bug must not lose the batch's other outcomes (they would all
             # end up "unknown"); this row is recorded as failed, with the reason.
             log.exception("unexpected error sending delivery %s", row.id)
-            return _Outcome(FAILED, row.attempts, error=f"unexpected error: {exc!r}"[:300])
-        return _Outcome(
+            return Outcome(FAILED, row.attempts, error=f"unexpected error: {exc!r}"[:300])
+        return Outcome(
             SENT,
             row.attempts,
             message_id=ref.message_id if ref else None,
