@@ -40,7 +40,16 @@ class Rich:
     def __add__(self, other: Rich | str) -> Rich:
         if isinstance(other, str):
             other = plain(other)
-        return Rich(self.spans + other.spans)
+        left, right = self.spans, other.spans
+        # Adjacent runs of one style become one span: a message built line by line
+        # (``join``) is then a few spans, not one per line and separator, and every
+        # recipient's copy is decoded, rendered and split that much faster.
+        if left and right and left[-1].style is right[0].style and left[-1].url == right[0].url:
+            last = left[-1]
+            return Rich(
+                (*left[:-1], Span(last.text + right[0].text, last.style, last.url), *right[1:])
+            )
+        return Rich(left + right)
 
     def __radd__(self, other: str) -> Rich:
         return plain(other) + self
