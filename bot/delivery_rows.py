@@ -8,13 +8,13 @@ SQLite: the same rows change the same way, but each claim and each record moves 
 row in one SQLite step rather than one step per row. Python's sqlite3 module lets go of
 the GIL around every step, and aiosqlite runs the steps on a thread of its own: with the
 event loop busy sending, each step was a hand-over of the GIL to that thread and back,
-two context switches a row, twice a message (measured: ~22,000 voluntary context
-switches for 3,000 messages, against ~12,000 once records were one step). So the rows
-travel as one JSON document each way: a claim reads the due rows as one
+two context switches a row, twice a message (measured in the broadcast benchmark's
+ceiling: ~22,000 voluntary context switches for 3,000 messages; ~7,000 now). So the
+rows travel as one JSON document each way: a claim reads the due rows as one
 ``json_group_array`` and marks them with one ``UPDATE … WHERE id IN json_each(…)``, and
-a record is one ``UPDATE … FROM json_each(…)``. Both claims run in the claimer's
-transaction, which holds SQLite's write lock (``BEGIN IMMEDIATE``), so nothing can take
-the rows between the read and the mark.
+a record is one ``UPDATE … FROM json_each(…)``. A claim's two statements share one
+transaction, which holds SQLite's write lock (``BEGIN IMMEDIATE``) from the first, so
+nothing can take the rows between the read and the mark.
 """
 
 from __future__ import annotations
