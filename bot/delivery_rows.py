@@ -97,12 +97,24 @@ def for_dialect(name: str) -> DeliveryRows:
     return _SQLITE if name == "sqlite" else _POSTGRES
 
 
-def _due(size: Any, now: Any) -> Any:
+# What a claim gives back of each row, in Claimed's order.
+_CLAIMED = (
+    _TABLE.c.id,
+    _TABLE.c.broadcast_id,
+    _TABLE.c.chat_id,
+    _TABLE.c.language,
+    _TABLE.c.payload,
+    _TABLE.c.attempts,
+)
+
+
+def _due(*columns: Any) -> Any:
+    """The rows a claim takes: pending and due at ``:now``, oldest first, ``:size`` of them."""
     return (
-        select(_TABLE.c.id)
-        .where(_TABLE.c.status == PENDING, _TABLE.c.next_attempt_at <= now)
+        select(*columns)
+        .where(_TABLE.c.status == PENDING, _TABLE.c.next_attempt_at <= bindparam("now"))
         .order_by(_TABLE.c.next_attempt_at, _TABLE.c.id)
-        .limit(size)
+        .limit(bindparam("size"))
     )
 
 
@@ -158,12 +170,7 @@ def _pg_claim() -> Executable:
     """One statement, one round trip. The due rows are picked and locked in a CTE that
     PostgreSQL is told to materialise: evaluated once, so the UPDATE takes exactly the
     rows locked for it and never rows another sender holds."""
-    due = (
-        _due(bindparam("size"), bindparam("now"))
-        .with_for_update(skip_locked=True)
-        .cte("due")
-        .prefix_with("MATERIALIZED")
-    )
+    due = _due(_TABLE.c.id).with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
     return (
         update(_TABLE)
         .where(_TABLE.c.id.in_(select(due.c.id)))
@@ -173,14 +180,7 @@ def _pg_claim() -> Executable:
             lease_until=bindparam("lease_until"),
             attempts=_TABLE.c.attempts + 1,
         )
-        .returning(
-            _TABLE.c.id,
-            _TABLE.c.broadcast_id,
-            _TABLE.c.chat_id,
-            _TABLE.c.language,
-            _TABLE.c.payload,
-            _TABLE.c.attempts,
-        )
+        .returning(*_CLAIMED)
     )
 
 
@@ -271,20 +271,7 @@ def _timestamp(dialect: Dialect) -> Callable[[datetime], str]:
 def _sqlite_due() -> Executable:
     """The due rows as one JSON array of [id, broadcast, chat, language, payload,
     attempts after this claim]: a single row, so a single step."""
-    due = (
-        select(
-            _TABLE.c.id,
-            _TABLE.c.broadcast_id,
-            _TABLE.c.chat_id,
-            _TABLE.c.language,
-            _TABLE.c.payload,
-            _TABLE.c.attempts,
-        )
-        .where(_TABLE.c.status == PENDING, _TABLE.c.next_attempt_at <= bindparam("now"))
-        .order_by(_TABLE.c.next_attempt_at, _TABLE.c.id)
-        .limit(bindparam("size"))
-        .subquery("due")
-    )
+    due = _due(*_CLAIMED).subquery("due")
     return select(
         func.json_group_array(
             func.json_array(
