@@ -11,9 +11,11 @@ reason) or unknown:
 * ``sent`` / ``failed``;
 * ``unknown``  — a sender died while the row was claimed: it may or may not have gone
   out. Only rows claimed and not yet recorded can end up here: at most two claims'
-  worth (``2 * claim``, 128 rows by default, about 4.5 s of sending at Telegram's
-  30/s), because the sender claims the next batch while the previous one is still
-  going out. A secretary can resend them. A clean stop gives unsent rows back instead.
+  worth, because the sender claims the next batch while the previous one is still
+  going out. A claim is about CLAIM_SECONDS of sending at the budget's rate (58 rows
+  at Telegram's 28.8/s, so about the last four seconds of sending), and never more
+  than MAX_CLAIM rows. A secretary can resend them. A clean stop gives unsent rows back
+  instead.
 
 Pacing is :mod:`bot.send_budget`'s: in-process on SQLite (one bot process), shared
 through the database by every process on PostgreSQL.
@@ -58,6 +60,7 @@ __all__ = [
     "BroadcastSender",
     "Budget",
     "SendBudget",
+    "claim_size",
     "counts",
     "create_broadcast",
     "resend",
@@ -78,6 +81,10 @@ NO_CHAT = "not reachable on this messenger (never started the bot here)"
 SWEEP_EVERY = timedelta(seconds=15)
 # How long a finished send may wait for others to be recorded with it (see _recorder).
 RECORD_DELAY = 0.25
+# A claim holds about this many seconds of sending at the budget's rate, and at most
+# MAX_CLAIM rows (see claim_size).
+CLAIM_SECONDS = 2.0
+MAX_CLAIM = 512
 # A message to one member whose text was written when it was queued (ctx.notify).
 DIRECT = "direct"
 # Sent to ``payload["report_to"]`` once a broadcast has no deliveries left in flight.
@@ -268,6 +275,19 @@ async def counts(session: AsyncSession, broadcast_id: int) -> dict[str, int]:
 # --- sending --------------------------------------------------------------------------
 
 
+def claim_size(rate: float, window: int) -> int:
+    """Rows per claim for a budget of ``rate`` messages/s and ``window`` send workers.
+
+    Sized by time, not by count: what a SIGKILL can leave ``unknown`` (two claims) is
+    then the last few seconds of sending at any rate, and a fast messenger is not held
+    to Telegram's batch size. Every claim and every recorded batch is a transaction
+    (on SQLite a trip to aiosqlite's thread, which waits for the busy event loop):
+    claims of 64 at a thousand messages a second were about thirty transactions a
+    second, and cost the sender a sixth of its rate.
+    """
+    return max(window, min(MAX_CLAIM, round(rate * CLAIM_SECONDS)))
+
+
 @dataclass(frozen=True, slots=True)
 class _RenderFailed:
     error: str
@@ -333,7 +353,8 @@ class BroadcastSender:
     still going out; ``window`` send workers take rows one by one, each at its own paced
     slot; one task records finished outcomes in batches, a transaction per batch.
     At most ``2 * claim`` rows are claimed and not yet recorded at any moment: that is
-    what a SIGKILL can leave ``unknown``.
+    what a SIGKILL can leave ``unknown``. ``claim`` defaults to :func:`claim_size` of the
+    budget's rate, looked up at every pass (a budget may be replaced).
     """
 
     def __init__(
@@ -346,7 +367,7 @@ class BroadcastSender:
         *,
         worker_id: str,
         window: int = 8,
-        claim: int = 64,
+        claim: int | None = None,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         idle_poll: float = 1.0,
@@ -363,7 +384,7 @@ class BroadcastSender:
         self.budget = budget
         self.worker_id = worker_id
         self.window = window
-        self.claim = max(claim, 1)
+        self.claim = None if claim is None else max(claim, 1)
         self.lease = lease
         self.max_attempts = max_attempts
         self.idle_poll = idle_poll
@@ -437,7 +458,7 @@ class BroadcastSender:
         return total
 
     async def send_due(self) -> int:
-        """Claim one batch of due deliveries (``claim`` rows), send them, record them."""
+        """Claim one batch of due deliveries (one claim's rows), send them, record them."""
         return await self._pass(claims=1)
 
     # --- one pass --------------------------------------------------------------------
@@ -445,7 +466,7 @@ class BroadcastSender:
     async def _pass(self, claims: int | None = None) -> int:
         """Claim, send and record until a claim comes back empty (or after ``claims``
         claims); the number of rows claimed."""
-        run = _Pass(self.window, self.claim)
+        run = _Pass(self.window, self.claim or claim_size(self.budget.rate, self.window))
         failed: Exception | None = None
         try:
             async with asyncio.TaskGroup() as group:

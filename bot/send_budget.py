@@ -58,6 +58,11 @@ class Budget(Protocol):
     @property
     def paused(self) -> bool: ...
 
+    @property
+    def rate(self) -> float:
+        """Messages per second this budget lets the bot send (all its processes)."""
+        ...
+
     async def resumed(self) -> None:
         """Return once no 429 pause is in force."""
         ...
@@ -172,6 +177,7 @@ class SendBudget:
     """
 
     def __init__(self, per_second: float, per_chat_per_second: float) -> None:
+        self.rate = per_second
         self._interval = 1.0 / per_second
         self._next_slot = 0.0
         self._turns = _Turns()
@@ -265,6 +271,7 @@ class SharedSendBudget:
         # Each statement on its own: no BEGIN/COMMIT round trips around it.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._bot = bot
+        self.rate = per_second
         self._interval = 1.0 / per_second
         self._block = max(1, int(per_second * block_seconds))
         # The reserved slots, on this process's monotonic clock: ``_left`` of them, the

@@ -31,11 +31,13 @@ from adapters.ptb.messenger import PTBMessenger
 from bot.app import App
 from bot.broadcast import (
     DIRECT,
+    MAX_CLAIM,
     NO_CHAT,
     REPORT,
     BroadcastSender,
     Budget,
     SendBudget,
+    claim_size,
     counts,
     create_broadcast,
     resend,
@@ -54,7 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)  # BroadcastSender's default
 WINDOW = 8  # BroadcastSender's default: sends at once
-CLAIM = 64  # BroadcastSender's default: rows per claim; at most 2 * CLAIM in flight
+KILLED_RATE = 20.0  # messages/s of the sender process a test kills
+# Its rows per claim (sized by its rate); at most 2 * CLAIM are in flight.
+CLAIM = claim_size(KILLED_RATE, WINDOW)
 FIRST_TG_ID = 700_000
 
 
@@ -673,6 +677,25 @@ async def test_withdraw_stops_what_has_not_gone_out(env: Env) -> None:
     assert len(env.sends()) == 4
 
 
+async def test_a_claim_holds_about_two_seconds_of_sending_at_the_budgets_rate(
+    env: Env,
+) -> None:
+    assert claim_size(30 * 0.96, WINDOW) == 58  # the App's budget for Telegram
+    assert claim_size(1.0, WINDOW) == WINDOW  # never fewer rows than send workers
+    assert claim_size(100_000.0, WINDOW) == MAX_CLAIM  # a lifted limit: bounded
+    people = await env.people(60)
+    bid = await env.broadcast(people)
+    budget = fast()
+    budget.rate = 12.5  # sized for 12.5/s (25 rows), though it lets them out at once
+    sender = env.sender(budget)
+
+    assert await sender.send_due() == 25
+    assert await env.counts(bid) == {"sent": 25, "pending": 35}
+    budget.rate = 1000.0  # looked up again at every pass
+    assert await sender.send_due() == 35
+    assert await env.counts(bid) == {"sent": 60}
+
+
 async def test_a_crash_in_the_last_window_still_finishes_and_reports(env: Env) -> None:
     people = await env.people(3)
     (secretary,) = await env.people(1)
@@ -775,7 +798,7 @@ async def test_sigkill_mid_broadcast_skips_nobody(env: Env, tmp_path: Path) -> N
     people = await env.people(total)
     bid = await env.broadcast(people)
 
-    first = await spawn_sender(env, "first", START, 20.0, tmp_path / "first.log")
+    first = await spawn_sender(env, "first", START, KILLED_RATE, tmp_path / "first.log")
     try:
         await env.tg.wait_for(lambda _: len(env.sends()) >= kill_after, timeout=20)
         os.kill(first.pid, signal.SIGKILL)
@@ -832,13 +855,16 @@ async def test_sigkill_mid_broadcast_skips_nobody(env: Env, tmp_path: Path) -> N
 async def test_two_sender_processes_share_a_broadcast_without_doubles(
     env: Env, tmp_path: Path
 ) -> None:
-    total = 500
+    # At 40/s each claims 80 rows (two seconds' worth) and claims again after one
+    # second, so neither can take the whole broadcast before the other polls (every
+    # second) and both send part of it.
+    total = 300
     people = await env.people(total)
     procs = []
     try:
         # One after the other: both load the content pack at start-up.
         for name in ("proc-a", "proc-b"):
-            procs.append(await spawn_sender(env, name, START, 150.0, tmp_path / f"{name}.log"))
+            procs.append(await spawn_sender(env, name, START, 40.0, tmp_path / f"{name}.log"))
         bid = await env.broadcast(people)  # both pick it up at their next poll
         await wait_until_finished(env)
     finally:
