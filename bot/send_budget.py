@@ -60,7 +60,8 @@ class Budget(Protocol):
 
     @property
     def rate(self) -> float:
-        """Messages per second this budget lets the bot send (all its processes)."""
+        """Messages per second this budget allows: this process's, or with
+        SharedSendBudget the whole bot's, which its processes share."""
         ...
 
     async def resumed(self) -> None:

@@ -683,6 +683,7 @@ async def test_a_claim_holds_about_two_seconds_of_sending_at_the_budgets_rate(
     assert claim_size(30 * 0.96, WINDOW) == 58  # the App's budget for Telegram
     assert claim_size(1.0, WINDOW) == WINDOW  # never fewer rows than send workers
     assert claim_size(100_000.0, WINDOW) == MAX_CLAIM  # a lifted limit: bounded
+    assert claim_size(float("inf"), WINDOW) == MAX_CLAIM
     people = await env.people(60)
     bid = await env.broadcast(people)
     budget = fast()
@@ -855,9 +856,9 @@ async def test_sigkill_mid_broadcast_skips_nobody(env: Env, tmp_path: Path) -> N
 async def test_two_sender_processes_share_a_broadcast_without_doubles(
     env: Env, tmp_path: Path
 ) -> None:
-    # At 40/s each claims 80 rows (two seconds' worth) and claims again after one
-    # second, so neither can take the whole broadcast before the other polls (every
-    # second) and both send part of it.
+    # At 40/s each claims 80 rows (two seconds' worth) and may hold 160 unrecorded, so
+    # whichever starts first must send and record 140 rows (~3 s) before it could take
+    # the last ones; the other polls every second and gets its share.
     total = 300
     people = await env.people(total)
     procs = []
