@@ -13,9 +13,9 @@ reason) or unknown:
   out. Only rows claimed and not yet recorded can end up here: at most two claims'
   worth, because the sender claims the next batch while the previous one is still
   going out. A claim is about CLAIM_SECONDS of sending at the budget's rate (58 rows
-  at Telegram's 28.8/s, so about the last four seconds of sending), and by default
-  at most MAX_CLAIM rows. A secretary can resend them. A clean stop gives unsent rows back
-  instead.
+  at Telegram's 28.8/s, so about the last four seconds of sending), and by default at
+  most MAX_CLAIM rows. A secretary can resend them. A clean stop gives unsent rows
+  back instead.
 
 Pacing is :mod:`bot.send_budget`'s: in-process on SQLite (one bot process), shared
 through the database by every process on PostgreSQL.

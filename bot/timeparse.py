@@ -4,6 +4,8 @@ Accepted, in Chinese or English, with full-width characters too:
 
 * dates: ``2026-12-03``, ``2026/12/3``, ``2026年12月3日``, ``12-03``, ``12月3日``/``号``,
   ``今天``/``明天``/``后天``, ``today``/``tomorrow``, ``周三``/``星期三``, ``下周三``;
+  ``昨天``/``前天``/``yesterday`` too, so that callers can say the time has passed
+  rather than that they could not read it;
 * times: ``14:30``, ``9点``, ``9点半``, ``9点15分``, ``9时``, with ``上午``/``早上``/
   ``中午``/``下午``/``晚上`` before them.
 
@@ -20,7 +22,16 @@ import unicodedata
 from datetime import date, datetime, time, timedelta
 
 _WEEKDAYS = {"一": 0, "二": 1, "三": 2, "四": 3, "五": 4, "六": 5, "日": 6, "天": 6}
-_RELATIVE = {"今天": 0, "today": 0, "明天": 1, "tomorrow": 1, "后天": 2}
+_RELATIVE = {
+    "今天": 0,
+    "today": 0,
+    "明天": 1,
+    "tomorrow": 1,
+    "后天": 2,
+    "昨天": -1,
+    "yesterday": -1,
+    "前天": -2,
+}
 
 _DATE_PATTERNS = [
     re.compile(r"(?P<y>\d{4})[-/.](?P<m>\d{1,2})[-/.](?P<d>\d{1,2})"),

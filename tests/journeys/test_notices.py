@@ -282,6 +282,7 @@ async def test_composer_bad_input_and_restart(driver: Driver) -> None:
     await driver.send(SEC, "支委会")
     assert "无法识别时间" in texts(await driver.send(SEC, "下下周的某一天"))
     assert "已经过去了" in texts(await driver.send(SEC, "2026-01-01 9:00"))
+    assert "已经过去了" in texts(await driver.send(SEC, "昨天 9:00"))
     assert "地点" in texts(await driver.send(SEC, "12月5日 15:00"))
     # The draft survives a restart of the bot.
     await driver.restart()
